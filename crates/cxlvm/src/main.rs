@@ -1,1 +1,176 @@
-fn main() {}
+//! The `cxlvm` command.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use cxlvm_vmm::{Machine, MachineConfig, SerialOut};
+
+/// cxlvm — a KVM virtual machine monitor for CXL memory.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// More logging (-v: info, including every MMIO <-> RAM mapping change; -vv: debug).
+    /// RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a test guest (a freestanding 64-bit ELF, see docs/guest-abi.md) at CPL3.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Guest ELF image.
+    #[arg(long, value_name = "ELF")]
+    guest: PathBuf,
+    /// Guest RAM, e.g. 64M, 1G, 0x4000000.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Command line handed to the guest in its boot info.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Write the serial console to this file instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    serial_file: Option<PathBuf>,
+    /// Add a scratch window of this size (MMIO path + switchable RAM alias over one backing).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    scratch_window: Option<u64>,
+    /// Stop the guest after this many seconds (exit status 124).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+    /// Print run statistics (exits, start-up time, RSS) as JSON on stderr at exit.
+    #[arg(long)]
+    stats: bool,
+    /// Write run statistics as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    stats_json: Option<PathBuf>,
+    /// KVM device.
+    #[arg(long, default_value = "/dev/kvm", value_name = "PATH")]
+    kvm: String,
+}
+
+/// Parses sizes like `4096`, `0x1000`, `64K`, `64M`, `2G`, `1T` (also `KiB`/`MiB`/`GiB`/`TiB`).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let err = || format!("'{s}' is not a size (examples: 4096, 0x1000, 64M, 2G)");
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).map_err(|_| err());
+    }
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    let n: u64 = num.parse().map_err(|_| err())?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(err()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(err)
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
+    let timeout = match args.timeout {
+        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+        Some(t) => {
+            eprintln!("cxlvm: --timeout {t}: must be a positive number of seconds");
+            return Ok(2);
+        }
+        None => None,
+    };
+    let cfg = MachineConfig {
+        memory: args.memory,
+        vcpus: args.vcpus,
+        cmdline: args.cmdline,
+        serial: match args.serial_file {
+            Some(p) => SerialOut::File(p),
+            None => SerialOut::Stdout,
+        },
+        scratch_window: args.scratch_window,
+        timeout,
+        kvm_path: args.kvm,
+        started: Some(started),
+        ..MachineConfig::new(args.guest)
+    };
+    let mut machine = match Machine::build(cfg) {
+        Ok(m) => m,
+        Err(e) if e.is_user_error() => {
+            eprintln!("cxlvm: {e}");
+            return Ok(2);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let report = machine.run()?;
+    if let Some(msg) = report.outcome.message() {
+        eprintln!("cxlvm: {msg}");
+    }
+    let json = serde_json::to_string_pretty(&report.stats)?;
+    if args.stats {
+        eprintln!("{json}");
+    }
+    if let Some(p) = args.stats_json {
+        std::fs::write(&p, json + "\n")
+            .map_err(|e| anyhow::anyhow!("cannot write --stats-json {}: {e}", p.display()))?;
+    }
+    Ok(report.outcome.exit_status() as u8)
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Run(args) => run(args, started),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("cxlvm: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_units_and_hex() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("0x1000"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1t"), Ok(1 << 40));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

@@ -1,1 +1,16 @@
+//! Legacy and foundation devices of cxlvm.
+//!
+//! - [`PioBus`]: port-I/O dispatch (x86 ports are few and fixed at build time).
+//! - [`Serial`]: a 16550 UART (vm-superio) writing to stdout or a file.
+//! - [`ExitPort`], [`BootMark`], [`NullDevice`]: the test-guest ABI ports (docs/guest-abi.md).
+//! - [`ScratchWindow`]: a window modelled like a CXL fixed memory window — a container holding an
+//!   MMIO path over a device backing and a RAM alias of the same backing — switched by a port.
 #![forbid(unsafe_code)]
+
+mod legacy;
+mod pio;
+mod window;
+
+pub use legacy::{BootMark, ExitPort, NullDevice, Serial};
+pub use pio::{IoAction, PioBus, PioDevice, PioError};
+pub use window::ScratchWindow;

@@ -1,1 +1,46 @@
+//! Machine assembly for cxlvm: turns a [`MachineConfig`] into a running VM (memory map, KVM slots,
+//! devices, boot structures, vCPUs) and reports how the run ended.
 #![forbid(unsafe_code)]
+
+mod config;
+mod machine;
+mod report;
+mod run;
+
+pub use config::{ConfigError, MachineConfig, SerialOut};
+pub use machine::Machine;
+pub use report::{FaultKind, Outcome, RunReport, Stats};
+
+/// Errors building or running a machine.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// The user's input is wrong (exit status 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KVM is unavailable or refused an operation.
+    #[error(transparent)]
+    Kvm(#[from] cxlvm_kvm::KvmError),
+    /// The memory map could not be built.
+    #[error("memory map: {0}")]
+    Memory(#[from] cxlvm_memory::MemoryError),
+    /// A backing could not be created or written.
+    #[error(transparent)]
+    Backing(#[from] cxlvm_memory::BackingError),
+    /// A device could not be set up.
+    #[error("device setup: {0}")]
+    Device(String),
+    /// A thread could not be started.
+    #[error("cannot start vCPU thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl VmmError {
+    /// Whether the error is the user's to fix (bad input or no usable /dev/kvm): exit status 2.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            VmmError::Config(_)
+                | VmmError::Kvm(cxlvm_kvm::KvmError::NotFound(_) | cxlvm_kvm::KvmError::PermissionDenied(_))
+        )
+    }
+}

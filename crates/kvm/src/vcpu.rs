@@ -1,0 +1,178 @@
+//! vCPUs: entry state, running, exit details, and kicks out of `KVM_RUN`.
+
+use std::cell::Cell;
+use std::sync::Once;
+
+use kvm_bindings::{CpuId, kvm_run, kvm_xcrs};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{SIGRTMIN, register_signal_handler};
+
+use crate::{KvmError, ioctl};
+
+/// Where and how a vCPU starts.
+#[derive(Clone)]
+pub struct EntryState {
+    /// Entry point.
+    pub entry: u64,
+    /// Boot info address (RDI).
+    pub boot_info: u64,
+    /// Top of this vCPU's stack.
+    pub stack_top: u64,
+    /// Page-table root.
+    pub cr3: u64,
+    /// CPUID to expose (patched per vCPU).
+    pub cpuid: CpuId,
+}
+
+/// Details of an exit the guest cannot continue from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitDetails {
+    /// Instruction pointer.
+    pub rip: u64,
+    /// Extra KVM data (suberror and data words for internal errors, hardware reason for
+    /// failed entries).
+    pub data: Vec<u64>,
+}
+
+thread_local! {
+    static KICK_TARGET: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KICK_TARGET.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: `run` was set by `Vcpu::arm_kick` on this thread to the vCPU's mapped `kvm_run`
+        // page, and is cleared before that vCPU (and its mapping) is dropped on this thread. A
+        // single byte store is async-signal-safe.
+        unsafe { std::ptr::write_volatile(&raw mut (*run).immediate_exit, 1) };
+    }
+}
+
+static KICK_HANDLER: Once = Once::new();
+
+/// The real-time signal used to kick vCPU threads out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// Installs the process-wide kick handler (idempotent).
+pub fn install_kick_handler() -> Result<(), KvmError> {
+    let mut result = Ok(());
+    KICK_HANDLER.call_once(|| {
+        result = register_signal_handler(kick_signal(), on_kick).map_err(|e| KvmError::Open {
+            path: "kick signal handler".into(),
+            source: e,
+        });
+    });
+    result
+}
+
+/// A vCPU.
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u32,
+    armed: bool,
+}
+
+impl Vcpu {
+    pub(crate) fn new(fd: VcpuFd, index: u32) -> Self {
+        Self {
+            fd,
+            index,
+            armed: false,
+        }
+    }
+
+    /// vCPU index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Sets CPUID, special, general and FPU registers and XCR0 for a CPL3 long-mode entry.
+    pub fn configure(&self, st: &EntryState) -> Result<(), KvmError> {
+        let mut cpuid = st.cpuid.clone();
+        cxlvm_x86::cpu::patch_cpuid(&mut cpuid, self.index);
+        self.fd.set_cpuid2(&cpuid).map_err(ioctl("SET_CPUID2"))?;
+        let sregs = self.fd.get_sregs().map_err(ioctl("GET_SREGS"))?;
+        self.fd
+            .set_sregs(&cxlvm_x86::cpu::cpl3_sregs(sregs, st.cr3))
+            .map_err(ioctl("SET_SREGS"))?;
+        self.fd
+            .set_regs(&cxlvm_x86::cpu::entry_regs(
+                st.entry,
+                st.boot_info,
+                self.index,
+                st.stack_top,
+            ))
+            .map_err(ioctl("SET_REGS"))?;
+        self.fd
+            .set_fpu(&cxlvm_x86::cpu::entry_fpu())
+            .map_err(ioctl("SET_FPU"))?;
+        let xcr0 = cxlvm_x86::cpu::xcr0_for(cxlvm_x86::cpu::supported_xcr0(&cpuid));
+        let mut xcrs = kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        xcrs.xcrs[0].xcr = 0;
+        xcrs.xcrs[0].value = xcr0;
+        self.fd.set_xcrs(&xcrs).map_err(ioctl("SET_XCRS"))?;
+        Ok(())
+    }
+
+    /// TSC frequency in kHz, if KVM reports it.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.fd.get_tsc_khz().ok()
+    }
+
+    /// Arms kicks for the calling thread: from now on [`kick_signal`] sent to this thread makes
+    /// the current or next `KVM_RUN` return `EINTR`. Call on the thread that runs the vCPU.
+    pub fn arm_kick(&mut self) {
+        let run: *mut kvm_run = self.fd.get_kvm_run();
+        KICK_TARGET.with(|c| c.set(run));
+        self.armed = true;
+    }
+
+    /// Clears a pending kick (after `KVM_RUN` returned `EINTR`).
+    pub fn clear_kick(&mut self) {
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
+    /// Runs the vCPU until the next exit.
+    pub fn run(&mut self) -> Result<VcpuExit<'_>, kvm_ioctls::Error> {
+        self.fd.run()
+    }
+
+    /// Instruction pointer (for reports).
+    pub fn rip(&self) -> u64 {
+        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    /// Suberror and data of the last `KVM_EXIT_INTERNAL_ERROR`.
+    pub fn internal_error(&mut self) -> ExitDetails {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: reading the `internal` member of the exit union is valid after KVM_RUN returned
+        // KVM_EXIT_INTERNAL_ERROR, which is the only case this is called for; all bit patterns
+        // of the plain integer fields are valid.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        let mut data = vec![u64::from(internal.suberror)];
+        data.extend_from_slice(&internal.data[..n]);
+        ExitDetails {
+            rip: self.rip(),
+            data,
+        }
+    }
+}
+
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        if self.armed {
+            let run: *mut kvm_run = self.fd.get_kvm_run();
+            KICK_TARGET.with(|c| {
+                if c.get() == run {
+                    c.set(std::ptr::null_mut());
+                }
+            });
+        }
+    }
+}

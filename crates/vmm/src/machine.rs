@@ -1,0 +1,247 @@
+//! Building a machine: memory map, KVM slots, devices, boot structures and vCPUs.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cxlvm_devices::{BootMark, ExitPort, NullDevice, PioBus, ScratchWindow, Serial};
+use cxlvm_kvm::{EntryState, Hypervisor, SlotTable, Vcpu};
+use cxlvm_memory::{AddressSpace, FlatViewHandle, RamBacking};
+use cxlvm_x86::bootinfo::{self, BootInfo, Device};
+use cxlvm_x86::layout::{self, ports};
+use cxlvm_x86::{cpu, elf, paging};
+use tracing::{debug, info};
+
+use crate::config::{ConfigError, MachineConfig, SerialOut};
+use crate::VmmError;
+
+/// A built machine, ready to run.
+pub struct Machine {
+    pub(crate) space: Arc<Mutex<AddressSpace>>,
+    pub(crate) view: FlatViewHandle,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) pio: Arc<PioBus>,
+    pub(crate) boot_mark: Arc<BootMark>,
+    pub(crate) null: Arc<NullDevice>,
+    pub(crate) scratch: Option<Arc<ScratchWindow>>,
+    pub(crate) slots: Arc<SlotTable>,
+    pub(crate) ram: Arc<RamBacking>,
+    pub(crate) started: Instant,
+    pub(crate) timeout: Option<std::time::Duration>,
+    // Keeps the VM alive as long as the machine.
+    pub(crate) _vm: cxlvm_kvm::Vm,
+}
+
+fn serial_writer(out: SerialOut) -> Result<Box<dyn std::io::Write + Send>, ConfigError> {
+    Ok(match out {
+        SerialOut::Stdout => Box::new(std::io::stdout()),
+        SerialOut::File(p) => Box::new(std::fs::File::create(&p).map_err(|source| ConfigError::SerialFile {
+            path: p.display().to_string(),
+            source,
+        })?),
+        SerialOut::Writer(w) => w,
+        SerialOut::Null => Box::new(std::io::sink()),
+    })
+}
+
+impl Machine {
+    /// Checks `cfg`, then creates the VM with everything in place. Input errors come before any
+    /// KVM work, so a bad command line starts nothing.
+    pub fn build(cfg: MachineConfig) -> Result<Self, VmmError> {
+        let started = cfg.started.unwrap_or_else(Instant::now);
+        cfg.check()?;
+        let path = cfg.guest.display().to_string();
+        let file = std::fs::read(&cfg.guest).map_err(|source| ConfigError::GuestUnreadable {
+            path: path.clone(),
+            source,
+        })?;
+        let image = elf::parse(&file).map_err(|source| ConfigError::GuestInvalid {
+            path: path.clone(),
+            source,
+        })?;
+
+        // Guest-physical plan.
+        let ram_ranges = layout::ram_ranges(cfg.memory);
+        let low_end = ram_ranges[0].1;
+        let mut mapped: Vec<(u64, u64)> = ram_ranges.iter().map(|&(g, s, _)| (g, s)).collect();
+        mapped.push((layout::NULL_MMIO_BASE, layout::NULL_MMIO_SIZE));
+        if let Some(s) = cfg.scratch_window {
+            mapped.push((layout::SCRATCH_WINDOW_BASE, s));
+        }
+        let pt_size = paging::size_for(&mapped).map_err(|e| VmmError::Device(e.to_string()))?;
+        let top = layout::top_of_ram(low_end, pt_size, cfg.vcpus, layout::STACK_SIZE);
+        let fits = |t: &layout::TopOfRam| image.start() >= layout::IMAGE_MIN && image.end() <= t.stacks_bottom;
+        let top = match top {
+            Some(t) if fits(&t) => t,
+            _ => {
+                return Err(ConfigError::GuestDoesNotFit {
+                    path,
+                    start: image.start(),
+                    end: image.end(),
+                    min: layout::IMAGE_MIN,
+                    max: top.map_or(layout::IMAGE_MIN, |t| t.stacks_bottom),
+                    memory_mib: cfg.memory >> 20,
+                }
+                .into());
+            }
+        };
+        let serial = serial_writer(cfg.serial)?;
+
+        // KVM and memory.
+        let hv = Hypervisor::open(&cfg.kvm_path)?;
+        let vm = hv.create_vm()?;
+        let ram = RamBacking::memfd("guest-ram", cfg.memory)?;
+        let slots = Arc::new(SlotTable::default());
+        let mut space = AddressSpace::new("system", layout::MAX_GPA);
+        space.add_listener(Box::new(vm.slot_listener(slots.clone())))?;
+        let null = Arc::new(NullDevice::default());
+        {
+            let root = space.root();
+            let mut tx = space.begin();
+            for (i, &(gpa, size, off)) in ram_ranges.iter().enumerate() {
+                let r = tx.add_ram(if i == 0 { "ram-low" } else { "ram-high" }, ram.clone(), off, size, false)?;
+                tx.place(root, r, gpa, 0)?;
+            }
+            let n = tx.add_mmio("null-mmio", layout::NULL_MMIO_SIZE, null.clone())?;
+            tx.place(root, n, layout::NULL_MMIO_BASE, 0)?;
+            tx.commit()?;
+        }
+        let view = space.view_handle();
+        let space = Arc::new(Mutex::new(space));
+        let scratch = match cfg.scratch_window {
+            Some(size) => Some(
+                ScratchWindow::install(&space, layout::SCRATCH_WINDOW_BASE, size)
+                    .map_err(|e| VmmError::Device(e.to_string()))?,
+            ),
+            None => None,
+        };
+
+        // Port I/O.
+        let boot_mark = Arc::new(BootMark::default());
+        let mut pio = PioBus::new();
+        let dev_err = |e: cxlvm_devices::PioError| VmmError::Device(e.to_string());
+        pio.insert("com1", ports::COM1, 8, Arc::new(Serial::new(serial))).map_err(dev_err)?;
+        pio.insert("exit", ports::EXIT, 4, Arc::new(ExitPort)).map_err(dev_err)?;
+        pio.insert("boot-mark", ports::BOOT_MARK, 4, boot_mark.clone()).map_err(dev_err)?;
+        pio.insert("null", ports::NULL, 4, null.clone()).map_err(dev_err)?;
+        if let Some(s) = &scratch {
+            pio.insert("scratch-control", ports::SCRATCH_CONTROL, 4, s.clone()).map_err(dev_err)?;
+        }
+
+        // vCPUs.
+        let cpuid = hv.supported_cpuid()?;
+        let mut vcpus = Vec::new();
+        for i in 0..cfg.vcpus {
+            vcpus.push(vm.create_vcpu(i)?);
+        }
+        let tsc_khz = vcpus[0].tsc_khz().map_or(0, u64::from);
+
+        // Boot structures.
+        let mut devices = vec![Device {
+            kind: bootinfo::dev_kind::NULL_MMIO,
+            flags: 0,
+            base: layout::NULL_MMIO_BASE,
+            size: layout::NULL_MMIO_SIZE,
+            port: 0,
+        }];
+        if let Some(s) = &scratch {
+            devices.push(Device {
+                kind: bootinfo::dev_kind::SCRATCH_WINDOW,
+                flags: 0,
+                base: s.base(),
+                size: s.size(),
+                port: u64::from(ports::SCRATCH_CONTROL),
+            });
+        }
+        let mut mem_map: Vec<(u64, u64, u32)> =
+            ram_ranges.iter().map(|&(g, s, _)| (g, s, bootinfo::mem_kind::RAM)).collect();
+        mem_map.push((0, layout::IMAGE_MIN, bootinfo::mem_kind::RESERVED));
+        mem_map.push((top.stacks_bottom, low_end - top.stacks_bottom, bootinfo::mem_kind::RESERVED));
+        let free_start = image.end().next_multiple_of(4096);
+        let bi = BootInfo {
+            vcpu_count: cfg.vcpus,
+            tsc_khz,
+            ram_size: cfg.memory,
+            free_start,
+            free_end: top.stacks_bottom,
+            stack_top: top.stack_top,
+            stack_size: layout::STACK_SIZE,
+            mem_map,
+            devices,
+            cmdline: cfg.cmdline.clone(),
+        }
+        .to_bytes();
+        if bi.len() as u64 > layout::BOOT_INFO_MAX - layout::BOOT_INFO {
+            return Err(VmmError::Device("boot info too large (guest command line too long?)".into()));
+        }
+        ram.write(layout::BOOT_INFO, &bi)?;
+        ram.write(layout::GDT, &cpu::gdt())?;
+        let pt = paging::build(top.page_tables, &mapped).map_err(|e| VmmError::Device(e.to_string()))?;
+        ram.write(top.page_tables, &pt.bytes)?;
+        for s in &image.segments {
+            let bytes = &file[s.file_offset as usize..(s.file_offset + s.file_size) as usize];
+            ram.write(s.paddr, bytes)?;
+        }
+        debug!(entry = image.entry, end = image.end(), "guest image loaded");
+
+        for v in &vcpus {
+            let idx = u64::from(v.index());
+            v.configure(&EntryState {
+                entry: image.entry,
+                boot_info: layout::BOOT_INFO,
+                stack_top: top.stack_top - idx * layout::STACK_SIZE,
+                cr3: pt.base,
+                cpuid: cpuid.clone(),
+            })?;
+        }
+        info!(
+            vcpus = cfg.vcpus,
+            memory_mib = cfg.memory >> 20,
+            "machine built in {:?}",
+            started.elapsed()
+        );
+        Ok(Self {
+            space,
+            view,
+            vcpus,
+            pio: Arc::new(pio),
+            boot_mark,
+            null,
+            scratch,
+            slots,
+            ram,
+            started,
+            timeout: cfg.timeout,
+            _vm: vm,
+        })
+    }
+
+    /// The scratch window, when configured.
+    pub fn scratch(&self) -> Option<&Arc<ScratchWindow>> {
+        self.scratch.as_ref()
+    }
+
+    /// The installed KVM slots.
+    pub fn slots(&self) -> &Arc<SlotTable> {
+        &self.slots
+    }
+
+    /// Guest RAM backing.
+    pub fn ram(&self) -> &Arc<RamBacking> {
+        &self.ram
+    }
+
+    /// The current flat view (lock-free handle).
+    pub fn view(&self) -> &FlatViewHandle {
+        &self.view
+    }
+
+    /// The address space (for dumps and tests).
+    pub fn space(&self) -> &Arc<Mutex<AddressSpace>> {
+        &self.space
+    }
+
+    /// The null device (exit-floor counter).
+    pub fn null_device(&self) -> &Arc<NullDevice> {
+        &self.null
+    }
+}

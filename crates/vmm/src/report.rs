@@ -1,0 +1,125 @@
+//! How a run ended, and what it measured.
+
+use std::time::Duration;
+
+/// Why a vCPU could not go on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Triple fault (`KVM_EXIT_SHUTDOWN`).
+    Shutdown,
+    /// `KVM_EXIT_INTERNAL_ERROR` with this suberror (1 = emulation failure).
+    InternalError(u32),
+    /// `KVM_EXIT_FAIL_ENTRY` with this hardware reason.
+    FailEntry(u64),
+    /// Any other exit cxlvm does not handle.
+    Unexpected(String),
+}
+
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FaultKind::Shutdown => write!(f, "guest shut down (triple fault: an exception with no IDT)"),
+            FaultKind::InternalError(1) => {
+                write!(f, "KVM internal error, suberror 1 (emulation failure: KVM cannot emulate this instruction on MMIO)")
+            }
+            FaultKind::InternalError(s) => write!(f, "KVM internal error, suberror {s}"),
+            FaultKind::FailEntry(r) => write!(f, "KVM entry failed, hardware reason {r:#x}"),
+            FaultKind::Unexpected(e) => write!(f, "unexpected exit {e}"),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest wrote the exit port.
+    Exit(u8),
+    /// A vCPU hit something it cannot continue from.
+    Fault {
+        /// vCPU index.
+        vcpu: u32,
+        /// What happened.
+        kind: FaultKind,
+        /// Instruction pointer.
+        rip: u64,
+        /// Up to 16 bytes at RIP.
+        bytes: Vec<u8>,
+        /// KVM's extra data words.
+        data: Vec<u64>,
+    },
+    /// `--timeout` expired.
+    Timeout(Duration),
+    /// A device or KVM failed while the guest ran.
+    Error(String),
+}
+
+impl Outcome {
+    /// cxlvm's exit status for this outcome.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            Outcome::Exit(c) => i32::from(*c),
+            Outcome::Fault { .. } | Outcome::Error(_) => 1,
+            Outcome::Timeout(_) => 124,
+        }
+    }
+
+    /// One-line description for the user (None for a normal exit).
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Outcome::Exit(_) => None,
+            Outcome::Fault {
+                vcpu,
+                kind,
+                rip,
+                bytes,
+                data,
+            } => {
+                let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let mut s = format!("vCPU {vcpu}: {kind} at RIP {rip:#x}, instruction bytes [{}]", hex.join(" "));
+                if data.len() > 1 {
+                    let d: Vec<String> = data.iter().map(|v| format!("{v:#x}")).collect();
+                    s.push_str(&format!(", KVM data [{}]", d.join(", ")));
+                }
+                Some(s)
+            }
+            Outcome::Timeout(d) => Some(format!("guest still running after --timeout {:.1}s; stopped", d.as_secs_f64())),
+            Outcome::Error(e) => Some(e.clone()),
+        }
+    }
+}
+
+/// Counters and timings of one run.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    /// MMIO exits handled in userspace.
+    pub mmio_exits: u64,
+    /// Port-I/O exits handled in userspace.
+    pub pio_exits: u64,
+    /// MMIO bytes that hit no region (reads all-ones, writes dropped).
+    pub unassigned_bytes: u64,
+    /// From cxlvm start to the guest's boot-mark write, in microseconds.
+    pub start_to_first_instruction_us: Option<u64>,
+    /// Wall-clock time the vCPUs ran, in microseconds.
+    pub run_us: u64,
+    /// Peak resident set size of the process, KiB (VmHWM).
+    pub peak_rss_kib: u64,
+    /// Resident shared memory at exit (touched guest RAM and device memory), KiB.
+    pub guest_resident_kib: u64,
+    /// Peak RSS beyond guest memory, KiB (VmHWM minus RssShmem at exit).
+    pub rss_overhead_kib: u64,
+    /// Scratch window: accesses served through MMIO.
+    pub scratch_mmio_accesses: Option<u64>,
+    /// Scratch window: alias switches.
+    pub scratch_switches: Option<u64>,
+    /// KVM memory slots installed at exit.
+    pub slots_at_exit: usize,
+}
+
+/// Result of [`crate::Machine::run`].
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// What it measured.
+    pub stats: Stats,
+}

@@ -1,0 +1,220 @@
+//! Running a machine: one thread per vCPU, exits handled on that thread, lock-free view lookups.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use cxlvm_devices::{IoAction, PioBus};
+use cxlvm_kvm::{Vcpu, VcpuExit, install_kick_handler, kick_signal};
+use cxlvm_memory::FlatViewHandle;
+use tracing::{debug, error};
+use vmm_sys_util::signal::Killable;
+
+use crate::report::{FaultKind, Outcome, RunReport, Stats};
+use crate::{Machine, VmmError};
+
+/// Shared by the vCPU threads and the thread that waits for them.
+#[derive(Default)]
+struct Control {
+    outcome: Mutex<Option<Outcome>>,
+    changed: Condvar,
+    stop: AtomicBool,
+    mmio_exits: AtomicU64,
+    pio_exits: AtomicU64,
+    unassigned: AtomicU64,
+}
+
+impl Control {
+    /// Records how the run ends (the first report wins) and asks every vCPU to stop.
+    fn finish(&self, o: Outcome) {
+        let mut g = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(o);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+}
+
+struct VcpuCtx {
+    view: FlatViewHandle,
+    pio: Arc<PioBus>,
+    ctl: Arc<Control>,
+}
+
+fn fault(vcpu: &mut Vcpu, view: &FlatViewHandle, kind: FaultKind, data: Vec<u64>) -> Outcome {
+    let rip = vcpu.rip();
+    let mut bytes = vec![0u8; 16];
+    // Test guests run identity-mapped, so RIP is a guest-physical address.
+    view.with(|v| v.read(rip, &mut bytes));
+    Outcome::Fault {
+        vcpu: vcpu.index(),
+        kind,
+        rip,
+        bytes,
+        data,
+    }
+}
+
+fn vcpu_loop(mut vcpu: Vcpu, ctx: VcpuCtx) {
+    vcpu.arm_kick();
+    let ctl = &ctx.ctl;
+    while !ctl.stop.load(Ordering::SeqCst) {
+        let result = match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                ctl.pio_exits.fetch_add(1, Ordering::Relaxed);
+                match ctx.pio.write(port, data) {
+                    IoAction::Continue => None,
+                    IoAction::Exit(code) => Some(Outcome::Exit(code)),
+                    IoAction::Fatal(msg) => Some(Outcome::Error(msg)),
+                }
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                ctl.pio_exits.fetch_add(1, Ordering::Relaxed);
+                ctx.pio.read(port, data);
+                None
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                ctl.mmio_exits.fetch_add(1, Ordering::Relaxed);
+                let o = ctx.view.with(|v| v.read(addr, data));
+                if o.unassigned_bytes > 0 {
+                    ctl.unassigned.fetch_add(o.unassigned_bytes as u64, Ordering::Relaxed);
+                    debug!("MMIO read of {} bytes at {addr:#x} hit no region", data.len());
+                }
+                None
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                ctl.mmio_exits.fetch_add(1, Ordering::Relaxed);
+                let o = ctx.view.with(|v| v.write(addr, data));
+                if o.unassigned_bytes > 0 {
+                    ctl.unassigned.fetch_add(o.unassigned_bytes as u64, Ordering::Relaxed);
+                    debug!("MMIO write of {} bytes at {addr:#x} hit no region", data.len());
+                }
+                None
+            }
+            Ok(VcpuExit::Shutdown) => Some(fault(&mut vcpu, &ctx.view, FaultKind::Shutdown, vec![])),
+            Ok(VcpuExit::InternalError) => {
+                let d = vcpu.internal_error();
+                let sub = d.data.first().copied().unwrap_or(0) as u32;
+                Some(fault(&mut vcpu, &ctx.view, FaultKind::InternalError(sub), d.data))
+            }
+            Ok(VcpuExit::FailEntry(reason, _cpu)) => {
+                Some(fault(&mut vcpu, &ctx.view, FaultKind::FailEntry(reason), vec![]))
+            }
+            Ok(VcpuExit::Intr) => None,
+            Ok(other) => {
+                let name = format!("{other:?}");
+                Some(fault(&mut vcpu, &ctx.view, FaultKind::Unexpected(name), vec![]))
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.clear_kick();
+                None
+            }
+            Err(e) => Some(Outcome::Error(format!("vCPU {}: KVM_RUN failed: {e}", vcpu.index()))),
+        };
+        if let Some(o) = result {
+            ctl.finish(o);
+        }
+    }
+}
+
+fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+impl Machine {
+    /// Runs the guest until it exits, faults, or the timeout expires. The machine stays
+    /// inspectable afterwards (backings, slots, counters).
+    pub fn run(&mut self) -> Result<RunReport, VmmError> {
+        install_kick_handler()?;
+        let ctl = Arc::new(Control::default());
+        let t0 = Instant::now();
+        let mut handles = Vec::new();
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            let ctx = VcpuCtx {
+                view: self.view.clone(),
+                pio: self.pio.clone(),
+                ctl: ctl.clone(),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("vcpu{}", vcpu.index()))
+                .spawn(move || vcpu_loop(vcpu, ctx));
+            match h {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    ctl.finish(Outcome::Error(String::new()));
+                    stop_all(&handles);
+                    return Err(VmmError::Thread(e));
+                }
+            }
+        }
+        {
+            let mut g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
+            while g.is_none() {
+                match self.timeout {
+                    Some(t) => {
+                        let left = t.saturating_sub(t0.elapsed());
+                        if left.is_zero() {
+                            drop(g);
+                            ctl.finish(Outcome::Timeout(t));
+                            g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
+                            continue;
+                        }
+                        g = ctl.changed.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+                    }
+                    None => g = ctl.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
+                }
+            }
+        }
+        stop_all(&handles);
+        for h in handles {
+            if h.join().is_err() {
+                error!("a vCPU thread panicked");
+            }
+        }
+        let run_us = t0.elapsed().as_micros() as u64;
+        let outcome = ctl
+            .outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or(Outcome::Error("run ended without an outcome".into()));
+        let peak = proc_status_kib("VmHWM:");
+        let shmem = proc_status_kib("RssShmem:");
+        let stats = Stats {
+            mmio_exits: ctl.mmio_exits.load(Ordering::Relaxed),
+            pio_exits: ctl.pio_exits.load(Ordering::Relaxed),
+            unassigned_bytes: ctl.unassigned.load(Ordering::Relaxed),
+            start_to_first_instruction_us: self
+                .boot_mark
+                .first()
+                .map(|t| t.saturating_duration_since(self.started).as_micros() as u64),
+            run_us,
+            peak_rss_kib: peak,
+            guest_resident_kib: shmem,
+            rss_overhead_kib: peak.saturating_sub(shmem),
+            scratch_mmio_accesses: self.scratch.as_ref().map(|s| s.mmio_accesses()),
+            scratch_switches: self.scratch.as_ref().map(|s| s.switches()),
+            slots_at_exit: self.slots.snapshot().len(),
+        };
+        Ok(RunReport { outcome, stats })
+    }
+}
+
+/// Kicks every vCPU thread out of `KVM_RUN`; they see `stop` and return.
+fn stop_all(handles: &[std::thread::JoinHandle<()>]) {
+    for h in handles {
+        if !h.is_finished() {
+            // A thread that already left its loop ignores the signal.
+            let _ = h.kill(kick_signal());
+        }
+    }
+}

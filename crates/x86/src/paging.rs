@@ -1,0 +1,154 @@
+//! Identity page tables with 2 MiB pages, user-accessible, for CPL3 test guests.
+
+const PRESENT: u64 = 1;
+const WRITABLE: u64 = 1 << 1;
+const USER: u64 = 1 << 2;
+const PAGE_SIZE_BIT: u64 = 1 << 7;
+const TABLE_FLAGS: u64 = PRESENT | WRITABLE | USER;
+
+/// Size of one large page.
+pub const LARGE_PAGE: u64 = 2 << 20;
+
+/// Errors building page tables.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PagingError {
+    /// A range reaches past the identity-mappable (canonical lower-half) space.
+    #[error("range {start:#x}+{size:#x} is beyond the identity-mappable 128 TiB")]
+    NotCanonical {
+        /// Start of the range.
+        start: u64,
+        /// Size of the range.
+        size: u64,
+    },
+}
+
+/// Identity page tables ready to be copied into guest memory.
+#[derive(Clone, Debug)]
+pub struct PageTables {
+    /// Guest-physical address the tables were built for (the PML4; CR3).
+    pub base: u64,
+    /// The tables, 4 KiB each, PML4 first.
+    pub bytes: Vec<u8>,
+}
+
+fn blocks(ranges: &[(u64, u64)]) -> Result<Vec<u64>, PagingError> {
+    let mut out = Vec::new();
+    for &(start, size) in ranges {
+        if size == 0 {
+            continue;
+        }
+        let end = start
+            .checked_add(size)
+            .filter(|&e| e <= crate::layout::MAX_GPA)
+            .ok_or(PagingError::NotCanonical { start, size })?;
+        let mut b = start & !(LARGE_PAGE - 1);
+        while b < end {
+            out.push(b);
+            b += LARGE_PAGE;
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Number of bytes of tables [`build`] will produce for `ranges`.
+pub fn size_for(ranges: &[(u64, u64)]) -> Result<u64, PagingError> {
+    let b = blocks(ranges)?;
+    let mut pdpts: Vec<u64> = b.iter().map(|a| a >> 39).collect();
+    pdpts.dedup();
+    let mut pds: Vec<u64> = b.iter().map(|a| a >> 30).collect();
+    pds.dedup();
+    Ok((1 + pdpts.len() as u64 + pds.len() as u64) * 4096)
+}
+
+/// Builds identity tables mapping every 2 MiB block touched by `ranges` (start, size) as a
+/// user-accessible, writable large page, to live at guest-physical `base`.
+pub fn build(base: u64, ranges: &[(u64, u64)]) -> Result<PageTables, PagingError> {
+    let b = blocks(ranges)?;
+    let mut bytes = vec![0u8; 4096];
+    // (level-index key) -> table page index in `bytes`
+    let mut pdpt_of: Vec<(u64, usize)> = Vec::new();
+    let mut pd_of: Vec<(u64, usize)> = Vec::new();
+    let set = |bytes: &mut Vec<u8>, table: usize, idx: u64, val: u64| {
+        let at = table * 4096 + (idx as usize) * 8;
+        bytes[at..at + 8].copy_from_slice(&val.to_le_bytes());
+    };
+    let new_table = |bytes: &mut Vec<u8>| {
+        bytes.resize(bytes.len() + 4096, 0);
+        bytes.len() / 4096 - 1
+    };
+    for addr in b {
+        let (l4, l3, l2) = ((addr >> 39) & 511, (addr >> 30) & 511, (addr >> 21) & 511);
+        let pdpt = match pdpt_of.iter().find(|(k, _)| *k == addr >> 39) {
+            Some(&(_, t)) => t,
+            None => {
+                let t = new_table(&mut bytes);
+                pdpt_of.push((addr >> 39, t));
+                set(&mut bytes, 0, l4, (base + t as u64 * 4096) | TABLE_FLAGS);
+                t
+            }
+        };
+        let pd = match pd_of.iter().rev().find(|(k, _)| *k == addr >> 30) {
+            Some(&(_, t)) => t,
+            None => {
+                let t = new_table(&mut bytes);
+                pd_of.push((addr >> 30, t));
+                set(&mut bytes, pdpt, l3, (base + t as u64 * 4096) | TABLE_FLAGS);
+                t
+            }
+        };
+        set(&mut bytes, pd, l2, addr | TABLE_FLAGS | PAGE_SIZE_BIT);
+    }
+    Ok(PageTables { base, bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(t: &PageTables, table_addr: u64, idx: u64) -> u64 {
+        let at = (table_addr - t.base) as usize + idx as usize * 8;
+        u64::from_le_bytes(t.bytes[at..at + 8].try_into().unwrap())
+    }
+
+    /// Walks the tables like the MMU does.
+    fn translate(t: &PageTables, va: u64) -> Option<(u64, bool)> {
+        let e4 = entry(t, t.base, (va >> 39) & 511);
+        if e4 & PRESENT == 0 {
+            return None;
+        }
+        let e3 = entry(t, e4 & !0xfff, (va >> 30) & 511);
+        if e3 & PRESENT == 0 {
+            return None;
+        }
+        let e2 = entry(t, e3 & !0xfff, (va >> 21) & 511);
+        if e2 & PRESENT == 0 || e2 & PAGE_SIZE_BIT == 0 {
+            return None;
+        }
+        let user = e4 & e3 & e2 & USER != 0;
+        Some(((e2 & !(LARGE_PAGE - 1) & ((1 << 52) - 1)) | (va & (LARGE_PAGE - 1)), user))
+    }
+
+    #[test]
+    fn maps_exactly_the_requested_blocks_identity_and_user() {
+        let ranges = [(0, 64 << 20), (64 << 30, 4 << 20), (4 << 40, 2 << 20), (0xD000_0000, 0x1000)];
+        let t = build(0x80_0000, &ranges).unwrap();
+        assert_eq!(t.bytes.len() as u64, size_for(&ranges).unwrap());
+        for va in [0u64, 0x1234_5678 & ((64 << 20) - 1), (64 << 30) + 0x3f_ffff, (4 << 40) + 8, 0xD000_0010] {
+            assert_eq!(translate(&t, va), Some((va, true)), "va {va:#x}");
+        }
+        for va in [64 << 20, (64 << 30) + (4 << 20), 1 << 46, 0xC000_0000] {
+            assert_eq!(translate(&t, va), None, "va {va:#x} must be unmapped");
+        }
+    }
+
+    #[test]
+    fn rejects_non_canonical_ranges() {
+        assert!(matches!(
+            build(0, &[(1 << 47, 4096)]),
+            Err(PagingError::NotCanonical { .. })
+        ));
+        assert!(build(0, &[(u64::MAX, 2)]).is_err());
+    }
+}
