@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use cxlvm_memory::MmioHandler;
 
-use crate::{IoAction, PioDevice};
+use std::sync::Arc;
+
+use crate::{PioDevice, StopReason, Stopper};
 
 /// Interrupt line of the UART: cxlvm's test guests poll, so raising it does nothing.
 pub struct NoInterrupt;
@@ -20,7 +22,9 @@ impl vm_superio::Trigger for NoInterrupt {
 }
 
 /// A 16550 UART (vm-superio) whose output goes to a writer (stdout, a file, a test buffer).
-pub struct Serial(Mutex<vm_superio::Serial<NoInterrupt, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>);
+pub struct Serial(
+    Mutex<vm_superio::Serial<NoInterrupt, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>,
+);
 
 impl Serial {
     /// A UART writing to `out`.
@@ -41,26 +45,26 @@ impl PioDevice for Serial {
         }
     }
 
-    fn write(&self, offset: u16, data: &[u8]) -> IoAction {
+    fn write(&self, offset: u16, data: &[u8]) {
         if let (Ok(o), Some(&v)) = (u8::try_from(offset), data.first()) {
             let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = s.write(o, v) {
                 tracing::warn!("serial output failed: {e:?}");
             }
         }
-        IoAction::Continue
     }
 }
 
 /// The exit port: a write stops the VM with `value & 0xff` as cxlvm's exit status.
-pub struct ExitPort;
+pub struct ExitPort(pub Arc<Stopper>);
 
 impl PioDevice for ExitPort {
     fn read(&self, _offset: u16, data: &mut [u8]) {
         data.fill(0);
     }
-    fn write(&self, _offset: u16, data: &[u8]) -> IoAction {
-        IoAction::Exit(data.first().copied().unwrap_or(0))
+    fn write(&self, _offset: u16, data: &[u8]) {
+        self.0
+            .request(StopReason::Exit(data.first().copied().unwrap_or(0)));
     }
 }
 
@@ -79,9 +83,8 @@ impl PioDevice for BootMark {
     fn read(&self, _offset: u16, data: &mut [u8]) {
         data.fill(0);
     }
-    fn write(&self, _offset: u16, _data: &[u8]) -> IoAction {
+    fn write(&self, _offset: u16, _data: &[u8]) {
         let _ = self.0.set(Instant::now());
-        IoAction::Continue
     }
 }
 
@@ -102,9 +105,8 @@ impl PioDevice for NullDevice {
         self.0.fetch_add(1, Ordering::Relaxed);
         data.fill(0);
     }
-    fn write(&self, _offset: u16, _data: &[u8]) -> IoAction {
+    fn write(&self, _offset: u16, _data: &[u8]) {
         self.0.fetch_add(1, Ordering::Relaxed);
-        IoAction::Continue
     }
 }
 
@@ -121,7 +123,6 @@ impl MmioHandler for NullDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -149,8 +150,12 @@ mod tests {
     }
 
     #[test]
-    fn exit_port_returns_the_low_byte() {
-        assert_eq!(ExitPort.write(0, &[0x2a, 1, 0, 0]), IoAction::Exit(0x2a));
-        assert_eq!(ExitPort.write(0, &[]), IoAction::Exit(0));
+    fn exit_port_requests_a_stop_with_the_low_byte() {
+        let s = Arc::new(Stopper::default());
+        ExitPort(s.clone()).write(0, &[0x2a, 1, 0, 0]);
+        assert_eq!(s.reason(), Some(StopReason::Exit(0x2a)));
+        let s = Arc::new(Stopper::default());
+        ExitPort(s.clone()).write(0, &[]);
+        assert_eq!(s.reason(), Some(StopReason::Exit(0)));
     }
 }

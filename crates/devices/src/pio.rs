@@ -1,16 +1,49 @@
 //! The port-I/O bus.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-/// What the vCPU loop must do after a port write.
+use cxlvm_memory::MmioHandler;
+
+/// Why a device asks the VM to stop.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IoAction {
-    /// Resume the guest.
-    Continue,
-    /// Stop the VM with this exit status.
+pub enum StopReason {
+    /// The guest asked to exit with this status.
     Exit(u8),
-    /// Stop the VM: the device hit an error it cannot hide from the guest (message for the user).
+    /// A device hit an error it cannot hide from the guest (message for the user).
     Fatal(String),
+}
+
+/// Where devices ask the VM to stop. The vCPU loop checks [`Stopper::requested`] after every
+/// exit it handles; the first request wins.
+#[derive(Default)]
+pub struct Stopper {
+    flag: AtomicBool,
+    reason: Mutex<Option<StopReason>>,
+}
+
+impl Stopper {
+    /// Asks the VM to stop (ignored if a request is already pending).
+    pub fn request(&self, reason: StopReason) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.flag.store(true, Ordering::Release);
+    }
+
+    /// Whether a stop was requested (cheap: one atomic load).
+    pub fn requested(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// The request, if any.
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// A device on the port-I/O bus. `offset` is relative to the device's base port; `data` is 1, 2
@@ -19,7 +52,7 @@ pub trait PioDevice: Send + Sync {
     /// Port read.
     fn read(&self, offset: u16, data: &mut [u8]);
     /// Port write.
-    fn write(&self, offset: u16, data: &[u8]) -> IoAction;
+    fn write(&self, offset: u16, data: &[u8]);
 }
 
 /// Errors building the bus.
@@ -59,13 +92,17 @@ impl PioBus {
     }
 
     /// Adds `dev` at ports `[base, base + len)`.
-    pub fn insert(&mut self, name: &str, base: u16, len: u16, dev: Arc<dyn PioDevice>) -> Result<(), PioError> {
+    pub fn insert(
+        &mut self,
+        name: &str,
+        base: u16,
+        len: u16,
+        dev: Arc<dyn PioDevice>,
+    ) -> Result<(), PioError> {
         let end = u32::from(base) + u32::from(len);
-        if let Some(o) = self
-            .entries
-            .iter()
-            .find(|e| u32::from(base) < u32::from(e.base) + u32::from(e.len) && u32::from(e.base) < end)
-        {
+        if let Some(o) = self.entries.iter().find(|e| {
+            u32::from(base) < u32::from(e.base) + u32::from(e.len) && u32::from(e.base) < end
+        }) {
             return Err(PioError::Overlap {
                 name: name.to_owned(),
                 base,
@@ -105,13 +142,34 @@ impl PioBus {
     }
 
     /// Dispatches a port write.
-    pub fn write(&self, port: u16, data: &[u8]) -> IoAction {
+    pub fn write(&self, port: u16, data: &[u8]) {
         match self.find(port) {
             Some((e, off)) => e.dev.write(off, data),
-            None => {
-                tracing::debug!("write to unclaimed port {port:#x} dropped");
-                IoAction::Continue
+            None => tracing::debug!("write to unclaimed port {port:#x} dropped"),
+        }
+    }
+}
+
+/// The port-I/O space as an MMIO range: an access at offset `p` is port `p`.
+///
+/// Port I/O from CPL3 needs RFLAGS.IOPL = 3, which hardware KVM honours but `kvm_pvm` does not
+/// (its guest ring 3 runs as host ring 3, where `in`/`out` fault). Test guests therefore reach
+/// every port through this window; the devices are the same.
+pub struct PioWindow(pub Arc<PioBus>);
+
+impl MmioHandler for PioWindow {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        match u16::try_from(offset) {
+            Ok(port) => {
+                self.0.read(port, data);
             }
+            Err(_) => data.fill(0xff),
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        if let Ok(port) = u16::try_from(offset) {
+            self.0.write(port, data);
         }
     }
 }
@@ -119,7 +177,6 @@ impl PioBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
     #[derive(Default)]
     struct Rec(Mutex<Vec<(u16, Vec<u8>)>>);
@@ -127,9 +184,8 @@ mod tests {
         fn read(&self, offset: u16, data: &mut [u8]) {
             data.fill(offset as u8);
         }
-        fn write(&self, offset: u16, data: &[u8]) -> IoAction {
+        fn write(&self, offset: u16, data: &[u8]) {
             self.0.lock().unwrap().push((offset, data.to_vec()));
-            IoAction::Continue
         }
     }
 
@@ -145,8 +201,33 @@ mod tests {
         assert_eq!(d, [5]);
         assert!(!bus.read(0x400, &mut d));
         assert_eq!(d, [0xff]);
-        assert_eq!(bus.write(0x3f7, &[1]), IoAction::Continue);
+        bus.write(0x3f7, &[1]);
         assert_eq!(a.0.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn pio_window_forwards_mmio_offsets_as_ports() {
+        let mut bus = PioBus::new();
+        let a = Arc::new(Rec::default());
+        bus.insert("a", 0x500, 4, a.clone()).unwrap();
+        let w = PioWindow(Arc::new(bus));
+        MmioHandler::write(&w, 0x502, &[1, 2]);
+        assert_eq!(a.0.lock().unwrap().as_slice(), &[(2, vec![1, 2])]);
+        let mut d = [0u8; 4];
+        MmioHandler::read(&w, 0x501, &mut d);
+        assert_eq!(d, [1; 4]);
+        MmioHandler::read(&w, 0x1_0000, &mut d);
+        assert_eq!(d, [0xff; 4]);
+    }
+
+    #[test]
+    fn first_stop_request_wins() {
+        let s = Stopper::default();
+        assert!(!s.requested());
+        s.request(StopReason::Exit(3));
+        s.request(StopReason::Fatal("later".into()));
+        assert!(s.requested());
+        assert_eq!(s.reason(), Some(StopReason::Exit(3)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use cxlvm_memory::{AddressSpace, BackingError, BackingMmio, MemoryError, RamBacking, RegionId};
 use tracing::info;
 
-use crate::{IoAction, PioDevice};
+use crate::{PioDevice, StopReason, Stopper};
 
 /// Errors installing the scratch window.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +37,17 @@ pub struct ScratchWindow {
     mmio: Arc<BackingMmio>,
     alias_on: AtomicBool,
     switches: AtomicU64,
+    stopper: Arc<Stopper>,
 }
 
 impl ScratchWindow {
     /// Creates the backing and the regions and places the window at `base` in the root.
-    pub fn install(space: &Arc<Mutex<AddressSpace>>, base: u64, size: u64) -> Result<Arc<Self>, WindowError> {
+    pub fn install(
+        space: &Arc<Mutex<AddressSpace>>,
+        base: u64,
+        size: u64,
+        stopper: Arc<Stopper>,
+    ) -> Result<Arc<Self>, WindowError> {
         let backing = RamBacking::memfd("scratch", size)?;
         let mmio = Arc::new(BackingMmio::new(backing.clone(), 0, size));
         let mut guard = space.lock().unwrap_or_else(|e| e.into_inner());
@@ -57,7 +63,10 @@ impl ScratchWindow {
         tx.place(root, container, base, 0)?;
         tx.commit()?;
         drop(guard);
-        info!("scratch window [{base:#x}, {:#x}): MMIO (alias off)", base + size);
+        info!(
+            "scratch window [{base:#x}, {:#x}): MMIO (alias off)",
+            base + size
+        );
         Ok(Arc::new(Self {
             space: space.clone(),
             alias,
@@ -67,6 +76,7 @@ impl ScratchWindow {
             mmio,
             alias_on: AtomicBool::new(false),
             switches: AtomicU64::new(0),
+            stopper,
         }))
     }
 
@@ -85,7 +95,11 @@ impl ScratchWindow {
             "scratch window [{:#x}, {:#x}): {}",
             self.base,
             self.base + self.size,
-            if on { "MMIO -> RAM alias" } else { "RAM alias -> MMIO" }
+            if on {
+                "MMIO -> RAM alias"
+            } else {
+                "RAM alias -> MMIO"
+            }
         );
         Ok(())
     }
@@ -129,14 +143,15 @@ impl PioDevice for ScratchWindow {
         }
     }
 
-    fn write(&self, offset: u16, data: &[u8]) -> IoAction {
+    fn write(&self, offset: u16, data: &[u8]) {
         if offset != 0 {
-            return IoAction::Continue;
+            return;
         }
         let on = data.first().is_some_and(|b| b & 1 == 1);
-        match self.set_alias(on) {
-            Ok(()) => IoAction::Continue,
-            Err(e) => IoAction::Fatal(format!("scratch window: cannot switch alias: {e}")),
+        if let Err(e) = self.set_alias(on) {
+            self.stopper.request(StopReason::Fatal(format!(
+                "scratch window: cannot switch alias: {e}"
+            )));
         }
     }
 }

@@ -69,7 +69,8 @@ pub struct Hypervisor {
 impl Hypervisor {
     /// Opens the KVM device at `path` (normally `/dev/kvm`).
     pub fn open(path: &str) -> Result<Self, KvmError> {
-        let cpath = std::ffi::CString::new(path).map_err(|_| KvmError::NotFound(path.to_owned()))?;
+        let cpath =
+            std::ffi::CString::new(path).map_err(|_| KvmError::NotFound(path.to_owned()))?;
         let kvm = Kvm::new_with_path(cpath).map_err(|e| match e.errno() {
             libc::ENOENT | libc::ENODEV => KvmError::NotFound(path.to_owned()),
             libc::EACCES | libc::EPERM => KvmError::PermissionDenied(path.to_owned()),
@@ -92,7 +93,8 @@ impl Hypervisor {
     pub fn create_vm(&self) -> Result<Vm, KvmError> {
         let fd = self.kvm.create_vm().map_err(ioctl("CREATE_VM"))?;
         // Needed on Intel VT-x before the first KVM_RUN; harmless elsewhere.
-        fd.set_tss_address(0xfffb_d000).map_err(ioctl("SET_TSS_ADDR"))?;
+        fd.set_tss_address(0xfffb_d000)
+            .map_err(ioctl("SET_TSS_ADDR"))?;
         Ok(Vm {
             fd: Arc::new(fd),
             max_slots: self.kvm.get_nr_memslots(),

@@ -12,7 +12,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use cxlvm_memory::{FlatDiff, FlatRange, FlatTarget, FlatView, ListenerError, MemoryListener, RamBacking};
+use cxlvm_memory::{
+    FlatDiff, FlatRange, FlatTarget, FlatView, ListenerError, MemoryListener, RamBacking,
+};
 use kvm_bindings::{KVM_MEM_READONLY, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 use tracing::info;
@@ -101,7 +103,14 @@ impl SlotListener {
         }
     }
 
-    fn set_region(&self, slot: u32, start: u64, len: u64, hva: u64, readonly: bool) -> Result<(), KvmError> {
+    fn set_region(
+        &self,
+        slot: u32,
+        start: u64,
+        len: u64,
+        hva: u64,
+        readonly: bool,
+    ) -> Result<(), KvmError> {
         let region = kvm_userspace_memory_region {
             slot,
             flags: if readonly { KVM_MEM_READONLY } else { 0 },
@@ -138,7 +147,12 @@ impl SlotListener {
                 self.next += 1;
                 self.next - 1
             }
-            None => return Err(slot_err(format!("all {} KVM memory slots are in use", self.max_slots))),
+            None => {
+                return Err(slot_err(format!(
+                    "all {} KVM memory slots are in use",
+                    self.max_slots
+                )));
+            }
         };
         if let Err(e) = self.set_region(slot, r.start, r.len, hva, readonly) {
             self.release(slot);
@@ -179,7 +193,12 @@ impl SlotListener {
         };
         let (slot, len) = (s.slot, s.len);
         self.set_region(slot, start, 0, 0, false)?;
-        info!(slot, "unmap [{:#x}, {:#x}) (back to MMIO or hole)", start, start + len);
+        info!(
+            slot,
+            "unmap [{:#x}, {:#x}) (back to MMIO or hole)",
+            start,
+            start + len
+        );
         self.slots.remove(&start);
         self.release(slot);
         Ok(())
@@ -204,7 +223,11 @@ impl SlotListener {
     /// Re-adds a slot that `prepare` deleted early, after a failure (best effort).
     fn restore(&mut self, r: &FlatRange) {
         if let Err(e) = self.add(r) {
-            tracing::error!("could not restore slot for [{:#x}, {:#x}): {e}", r.start, r.end());
+            tracing::error!(
+                "could not restore slot for [{:#x}, {:#x}): {e}",
+                r.start,
+                r.end()
+            );
         }
     }
 }
@@ -251,7 +274,9 @@ impl MemoryListener for SlotListener {
         self.pending_delete = removed
             .iter()
             .filter(|r| !early.iter().any(|e| e.start == r.start))
-            .filter(|r| self.slots.contains_key(&r.start) && !added.iter().any(|a| a.start == r.start))
+            .filter(|r| {
+                self.slots.contains_key(&r.start) && !added.iter().any(|a| a.start == r.start)
+            })
             .map(|r| r.start)
             .collect();
         self.publish_table();

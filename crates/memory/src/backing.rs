@@ -70,7 +70,9 @@ pub enum BackingError {
         source: vm_memory::mmap::MmapRegionError,
     },
     /// An access fell (partly) outside the backing.
-    #[error("backing '{name}': access of {len} bytes at {offset:#x} is outside its {size:#x} bytes")]
+    #[error(
+        "backing '{name}': access of {len} bytes at {offset:#x} is outside its {size:#x} bytes"
+    )]
     OutOfBounds {
         /// Backing name.
         name: String,
@@ -129,9 +131,14 @@ impl RamBacking {
     }
 
     /// Maps `size` bytes of `file` starting at `offset`, shared: writes reach the file.
-    pub fn from_file(name: &str, file: File, offset: u64, size: u64) -> Result<Arc<Self>, BackingError> {
+    pub fn from_file(
+        name: &str,
+        file: File,
+        offset: u64,
+        size: u64,
+    ) -> Result<Arc<Self>, BackingError> {
         check_size(name, size)?;
-        if offset % PAGE_SIZE != 0 {
+        if !offset.is_multiple_of(PAGE_SIZE) {
             return Err(BackingError::BadOffset {
                 name: name.to_owned(),
                 offset,
@@ -145,7 +152,7 @@ impl RamBacking {
                 source,
             })?
             .len();
-        let need = offset.checked_add(size).unwrap_or(u64::MAX);
+        let need = offset.saturating_add(size);
         if have < need {
             return Err(BackingError::FileTooSmall {
                 name: name.to_owned(),
@@ -251,7 +258,7 @@ impl RamBacking {
 }
 
 fn check_size(name: &str, size: u64) -> Result<(), BackingError> {
-    if size == 0 || size % PAGE_SIZE != 0 {
+    if size == 0 || !size.is_multiple_of(PAGE_SIZE) {
         return Err(BackingError::BadSize {
             name: name.to_owned(),
             size,
@@ -284,8 +291,14 @@ mod tests {
 
     #[test]
     fn rejects_zero_and_unaligned_sizes() {
-        assert!(matches!(RamBacking::memfd("z", 0), Err(BackingError::BadSize { .. })));
-        assert!(matches!(RamBacking::memfd("u", 100), Err(BackingError::BadSize { .. })));
+        assert!(matches!(
+            RamBacking::memfd("z", 0),
+            Err(BackingError::BadSize { .. })
+        ));
+        assert!(matches!(
+            RamBacking::memfd("u", 100),
+            Err(BackingError::BadSize { .. })
+        ));
     }
 
     #[test]

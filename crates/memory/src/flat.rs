@@ -93,12 +93,21 @@ pub struct FlatRange {
 impl FlatRange {
     /// One past the last address.
     pub fn end(&self) -> u64 {
-        self.start + self.len
+        self.start.saturating_add(self.len)
     }
 
     /// Whether the range is RAM (KVM can map it).
     pub fn is_ram(&self) -> bool {
         matches!(self.target, FlatTarget::Ram { .. })
+    }
+
+    /// Whether `other` maps the same addresses the same way: same start, length, region and
+    /// target (the name is ignored). This is the identity [`FlatDiff`] uses.
+    pub fn same_mapping(&self, other: &FlatRange) -> bool {
+        self.start == other.start
+            && self.len == other.len
+            && self.region == other.region
+            && self.target == other.target
     }
 }
 
@@ -242,6 +251,21 @@ impl FlatView {
     }
 }
 
+impl std::fmt::Display for FlatView {
+    /// One line per range: `[start, end) name target`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for r in &self.ranges {
+            let end = u128::from(r.start) + u128::from(r.len);
+            writeln!(
+                f,
+                "[{:#018x}, {:#018x}) {} {:?}",
+                r.start, end, r.name, r.target
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Splits an MMIO access of `len` bytes into handler-sized chunks: the whole access when it is 1,
 /// 2, 4 or 8 bytes, single bytes otherwise.
 fn for_each_mmio_chunk(len: usize, mut f: impl FnMut(usize, usize)) {
@@ -270,7 +294,43 @@ pub struct FlatDiff {
 impl FlatDiff {
     /// Computes the difference `old → new`.
     pub fn between(old: &FlatView, new: &FlatView) -> Self {
-        todo!("merge-walk both sorted range lists")
+        let (a, b) = (old.ranges(), new.ranges());
+        let mut diff = FlatDiff::default();
+        let (mut i, mut j) = (0, 0);
+        // Both lists are sorted and non-overlapping, so at most one range of each list starts at a
+        // given address: a linear walk pairs every range with its only possible twin.
+        while let (Some(x), Some(y)) = (a.get(i), b.get(j)) {
+            match x.start.cmp(&y.start) {
+                std::cmp::Ordering::Less => {
+                    diff.removed.push(x.clone());
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    diff.added.push(y.clone());
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    if !x.same_mapping(y) {
+                        diff.removed.push(x.clone());
+                        diff.added.push(y.clone());
+                    }
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        diff.removed
+            .extend_from_slice(a.get(i..).unwrap_or_default());
+        diff.added.extend_from_slice(b.get(j..).unwrap_or_default());
+        diff
+    }
+
+    /// The diff that undoes this one (`new → old`): `removed` and `added` swapped.
+    pub fn reversed(&self) -> Self {
+        Self {
+            removed: self.added.clone(),
+            added: self.removed.clone(),
+        }
     }
 
     /// Whether nothing changed.

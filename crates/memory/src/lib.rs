@@ -12,14 +12,16 @@
 mod backing;
 mod flat;
 mod mmio;
+#[cfg(test)]
+mod tests;
 mod tree;
 
 pub use backing::{BackingError, RamBacking};
 pub use flat::{AccessOutcome, FlatDiff, FlatRange, FlatTarget, FlatView, FlatViewHandle};
 pub use mmio::{BackingMmio, MmioHandler};
 pub use tree::{
-    AddressSpace, CommitStats, ListenerError, MemoryError, MemoryListener, RegionId, RegionInfo,
-    RegionKind, Transaction,
+    AddressSpace, CommitStats, ListenerError, MAX_DEPTH, MemoryError, MemoryListener, RegionId,
+    RegionInfo, RegionKind, Transaction,
 };
 
 /// Granularity KVM maps RAM at; RAM ranges in a flat view must be aligned to it.

@@ -40,7 +40,9 @@ impl VmmError {
         matches!(
             self,
             VmmError::Config(_)
-                | VmmError::Kvm(cxlvm_kvm::KvmError::NotFound(_) | cxlvm_kvm::KvmError::PermissionDenied(_))
+                | VmmError::Kvm(
+                    cxlvm_kvm::KvmError::NotFound(_) | cxlvm_kvm::KvmError::PermissionDenied(_)
+                )
         )
     }
 }

@@ -3,7 +3,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use cxlvm_devices::{BootMark, ExitPort, NullDevice, PioBus, ScratchWindow, Serial};
+use cxlvm_devices::{
+    BootMark, ExitPort, NullDevice, PioBus, PioWindow, ScratchWindow, Serial, Stopper,
+};
 use cxlvm_kvm::{EntryState, Hypervisor, SlotTable, Vcpu};
 use cxlvm_memory::{AddressSpace, FlatViewHandle, RamBacking};
 use cxlvm_x86::bootinfo::{self, BootInfo, Device};
@@ -11,8 +13,8 @@ use cxlvm_x86::layout::{self, ports};
 use cxlvm_x86::{cpu, elf, paging};
 use tracing::{debug, info};
 
-use crate::config::{ConfigError, MachineConfig, SerialOut};
 use crate::VmmError;
+use crate::config::{ConfigError, MachineConfig, SerialOut};
 
 /// A built machine, ready to run.
 pub struct Machine {
@@ -21,6 +23,7 @@ pub struct Machine {
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) pio: Arc<PioBus>,
     pub(crate) boot_mark: Arc<BootMark>,
+    pub(crate) stopper: Arc<Stopper>,
     pub(crate) null: Arc<NullDevice>,
     pub(crate) scratch: Option<Arc<ScratchWindow>>,
     pub(crate) slots: Arc<SlotTable>,
@@ -34,10 +37,14 @@ pub struct Machine {
 fn serial_writer(out: SerialOut) -> Result<Box<dyn std::io::Write + Send>, ConfigError> {
     Ok(match out {
         SerialOut::Stdout => Box::new(std::io::stdout()),
-        SerialOut::File(p) => Box::new(std::fs::File::create(&p).map_err(|source| ConfigError::SerialFile {
-            path: p.display().to_string(),
-            source,
-        })?),
+        SerialOut::File(p) => {
+            Box::new(
+                std::fs::File::create(&p).map_err(|source| ConfigError::SerialFile {
+                    path: p.display().to_string(),
+                    source,
+                })?,
+            )
+        }
         SerialOut::Writer(w) => w,
         SerialOut::Null => Box::new(std::io::sink()),
     })
@@ -64,12 +71,15 @@ impl Machine {
         let low_end = ram_ranges[0].1;
         let mut mapped: Vec<(u64, u64)> = ram_ranges.iter().map(|&(g, s, _)| (g, s)).collect();
         mapped.push((layout::NULL_MMIO_BASE, layout::NULL_MMIO_SIZE));
+        mapped.push((layout::PIO_WINDOW_BASE, layout::PIO_WINDOW_SIZE));
         if let Some(s) = cfg.scratch_window {
             mapped.push((layout::SCRATCH_WINDOW_BASE, s));
         }
         let pt_size = paging::size_for(&mapped).map_err(|e| VmmError::Device(e.to_string()))?;
         let top = layout::top_of_ram(low_end, pt_size, cfg.vcpus, layout::STACK_SIZE);
-        let fits = |t: &layout::TopOfRam| image.start() >= layout::IMAGE_MIN && image.end() <= t.stacks_bottom;
+        let fits = |t: &layout::TopOfRam| {
+            image.start() >= layout::IMAGE_MIN && image.end() <= t.stacks_bottom
+        };
         let top = match top {
             Some(t) if fits(&t) => t,
             _ => {
@@ -98,7 +108,13 @@ impl Machine {
             let root = space.root();
             let mut tx = space.begin();
             for (i, &(gpa, size, off)) in ram_ranges.iter().enumerate() {
-                let r = tx.add_ram(if i == 0 { "ram-low" } else { "ram-high" }, ram.clone(), off, size, false)?;
+                let r = tx.add_ram(
+                    if i == 0 { "ram-low" } else { "ram-high" },
+                    ram.clone(),
+                    off,
+                    size,
+                    false,
+                )?;
                 tx.place(root, r, gpa, 0)?;
             }
             let n = tx.add_mmio("null-mmio", layout::NULL_MMIO_SIZE, null.clone())?;
@@ -107,9 +123,10 @@ impl Machine {
         }
         let view = space.view_handle();
         let space = Arc::new(Mutex::new(space));
+        let stopper = Arc::new(Stopper::default());
         let scratch = match cfg.scratch_window {
             Some(size) => Some(
-                ScratchWindow::install(&space, layout::SCRATCH_WINDOW_BASE, size)
+                ScratchWindow::install(&space, layout::SCRATCH_WINDOW_BASE, size, stopper.clone())
                     .map_err(|e| VmmError::Device(e.to_string()))?,
             ),
             None => None,
@@ -119,12 +136,30 @@ impl Machine {
         let boot_mark = Arc::new(BootMark::default());
         let mut pio = PioBus::new();
         let dev_err = |e: cxlvm_devices::PioError| VmmError::Device(e.to_string());
-        pio.insert("com1", ports::COM1, 8, Arc::new(Serial::new(serial))).map_err(dev_err)?;
-        pio.insert("exit", ports::EXIT, 4, Arc::new(ExitPort)).map_err(dev_err)?;
-        pio.insert("boot-mark", ports::BOOT_MARK, 4, boot_mark.clone()).map_err(dev_err)?;
-        pio.insert("null", ports::NULL, 4, null.clone()).map_err(dev_err)?;
+        pio.insert("com1", ports::COM1, 8, Arc::new(Serial::new(serial)))
+            .map_err(dev_err)?;
+        pio.insert("exit", ports::EXIT, 4, Arc::new(ExitPort(stopper.clone())))
+            .map_err(dev_err)?;
+        pio.insert("boot-mark", ports::BOOT_MARK, 4, boot_mark.clone())
+            .map_err(dev_err)?;
+        pio.insert("null", ports::NULL, 4, null.clone())
+            .map_err(dev_err)?;
         if let Some(s) = &scratch {
-            pio.insert("scratch-control", ports::SCRATCH_CONTROL, 4, s.clone()).map_err(dev_err)?;
+            pio.insert("scratch-control", ports::SCRATCH_CONTROL, 4, s.clone())
+                .map_err(dev_err)?;
+        }
+        let pio = Arc::new(pio);
+        {
+            let mut sp = space.lock().unwrap_or_else(|e| e.into_inner());
+            let root = sp.root();
+            let mut tx = sp.begin();
+            let w = tx.add_mmio(
+                "pio-window",
+                layout::PIO_WINDOW_SIZE,
+                Arc::new(PioWindow(pio.clone())),
+            )?;
+            tx.place(root, w, layout::PIO_WINDOW_BASE, 0)?;
+            tx.commit()?;
         }
 
         // vCPUs.
@@ -136,13 +171,22 @@ impl Machine {
         let tsc_khz = vcpus[0].tsc_khz().map_or(0, u64::from);
 
         // Boot structures.
-        let mut devices = vec![Device {
-            kind: bootinfo::dev_kind::NULL_MMIO,
-            flags: 0,
-            base: layout::NULL_MMIO_BASE,
-            size: layout::NULL_MMIO_SIZE,
-            port: 0,
-        }];
+        let mut devices = vec![
+            Device {
+                kind: bootinfo::dev_kind::NULL_MMIO,
+                flags: 0,
+                base: layout::NULL_MMIO_BASE,
+                size: layout::NULL_MMIO_SIZE,
+                port: 0,
+            },
+            Device {
+                kind: bootinfo::dev_kind::PIO_WINDOW,
+                flags: 0,
+                base: layout::PIO_WINDOW_BASE,
+                size: layout::PIO_WINDOW_SIZE,
+                port: 0,
+            },
+        ];
         if let Some(s) = &scratch {
             devices.push(Device {
                 kind: bootinfo::dev_kind::SCRATCH_WINDOW,
@@ -152,10 +196,16 @@ impl Machine {
                 port: u64::from(ports::SCRATCH_CONTROL),
             });
         }
-        let mut mem_map: Vec<(u64, u64, u32)> =
-            ram_ranges.iter().map(|&(g, s, _)| (g, s, bootinfo::mem_kind::RAM)).collect();
+        let mut mem_map: Vec<(u64, u64, u32)> = ram_ranges
+            .iter()
+            .map(|&(g, s, _)| (g, s, bootinfo::mem_kind::RAM))
+            .collect();
         mem_map.push((0, layout::IMAGE_MIN, bootinfo::mem_kind::RESERVED));
-        mem_map.push((top.stacks_bottom, low_end - top.stacks_bottom, bootinfo::mem_kind::RESERVED));
+        mem_map.push((
+            top.stacks_bottom,
+            low_end - top.stacks_bottom,
+            bootinfo::mem_kind::RESERVED,
+        ));
         let free_start = image.end().next_multiple_of(4096);
         let bi = BootInfo {
             vcpu_count: cfg.vcpus,
@@ -171,11 +221,14 @@ impl Machine {
         }
         .to_bytes();
         if bi.len() as u64 > layout::BOOT_INFO_MAX - layout::BOOT_INFO {
-            return Err(VmmError::Device("boot info too large (guest command line too long?)".into()));
+            return Err(VmmError::Device(
+                "boot info too large (guest command line too long?)".into(),
+            ));
         }
         ram.write(layout::BOOT_INFO, &bi)?;
         ram.write(layout::GDT, &cpu::gdt())?;
-        let pt = paging::build(top.page_tables, &mapped).map_err(|e| VmmError::Device(e.to_string()))?;
+        let pt =
+            paging::build(top.page_tables, &mapped).map_err(|e| VmmError::Device(e.to_string()))?;
         ram.write(top.page_tables, &pt.bytes)?;
         for s in &image.segments {
             let bytes = &file[s.file_offset as usize..(s.file_offset + s.file_size) as usize];
@@ -203,7 +256,8 @@ impl Machine {
             space,
             view,
             vcpus,
-            pio: Arc::new(pio),
+            pio,
+            stopper,
             boot_mark,
             null,
             scratch,

@@ -18,9 +18,15 @@ pub enum FaultKind {
 impl std::fmt::Display for FaultKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FaultKind::Shutdown => write!(f, "guest shut down (triple fault: an exception with no IDT)"),
+            FaultKind::Shutdown => write!(
+                f,
+                "guest shut down (triple fault: an exception with no IDT)"
+            ),
             FaultKind::InternalError(1) => {
-                write!(f, "KVM internal error, suberror 1 (emulation failure: KVM cannot emulate this instruction on MMIO)")
+                write!(
+                    f,
+                    "KVM internal error, suberror 1 (emulation failure: KVM cannot emulate this instruction on MMIO)"
+                )
             }
             FaultKind::InternalError(s) => write!(f, "KVM internal error, suberror {s}"),
             FaultKind::FailEntry(r) => write!(f, "KVM entry failed, hardware reason {r:#x}"),
@@ -75,14 +81,20 @@ impl Outcome {
                 data,
             } => {
                 let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                let mut s = format!("vCPU {vcpu}: {kind} at RIP {rip:#x}, instruction bytes [{}]", hex.join(" "));
+                let mut s = format!(
+                    "vCPU {vcpu}: {kind} at RIP {rip:#x}, instruction bytes [{}]",
+                    hex.join(" ")
+                );
                 if data.len() > 1 {
                     let d: Vec<String> = data.iter().map(|v| format!("{v:#x}")).collect();
                     s.push_str(&format!(", KVM data [{}]", d.join(", ")));
                 }
                 Some(s)
             }
-            Outcome::Timeout(d) => Some(format!("guest still running after --timeout {:.1}s; stopped", d.as_secs_f64())),
+            Outcome::Timeout(d) => Some(format!(
+                "guest still running after --timeout {:.1}s; stopped",
+                d.as_secs_f64()
+            )),
             Outcome::Error(e) => Some(e.clone()),
         }
     }

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use cxlvm_devices::{IoAction, PioBus};
+use cxlvm_devices::{PioBus, StopReason, Stopper};
 use cxlvm_kvm::{Vcpu, VcpuExit, install_kick_handler, kick_signal};
 use cxlvm_memory::FlatViewHandle;
 use tracing::{debug, error};
@@ -39,6 +39,7 @@ impl Control {
 struct VcpuCtx {
     view: FlatViewHandle,
     pio: Arc<PioBus>,
+    stopper: Arc<Stopper>,
     ctl: Arc<Control>,
 }
 
@@ -63,11 +64,8 @@ fn vcpu_loop(mut vcpu: Vcpu, ctx: VcpuCtx) {
         let result = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
                 ctl.pio_exits.fetch_add(1, Ordering::Relaxed);
-                match ctx.pio.write(port, data) {
-                    IoAction::Continue => None,
-                    IoAction::Exit(code) => Some(Outcome::Exit(code)),
-                    IoAction::Fatal(msg) => Some(Outcome::Error(msg)),
-                }
+                ctx.pio.write(port, data);
+                None
             }
             Ok(VcpuExit::IoIn(port, data)) => {
                 ctl.pio_exits.fetch_add(1, Ordering::Relaxed);
@@ -78,8 +76,12 @@ fn vcpu_loop(mut vcpu: Vcpu, ctx: VcpuCtx) {
                 ctl.mmio_exits.fetch_add(1, Ordering::Relaxed);
                 let o = ctx.view.with(|v| v.read(addr, data));
                 if o.unassigned_bytes > 0 {
-                    ctl.unassigned.fetch_add(o.unassigned_bytes as u64, Ordering::Relaxed);
-                    debug!("MMIO read of {} bytes at {addr:#x} hit no region", data.len());
+                    ctl.unassigned
+                        .fetch_add(o.unassigned_bytes as u64, Ordering::Relaxed);
+                    debug!(
+                        "MMIO read of {} bytes at {addr:#x} hit no region",
+                        data.len()
+                    );
                 }
                 None
             }
@@ -87,33 +89,61 @@ fn vcpu_loop(mut vcpu: Vcpu, ctx: VcpuCtx) {
                 ctl.mmio_exits.fetch_add(1, Ordering::Relaxed);
                 let o = ctx.view.with(|v| v.write(addr, data));
                 if o.unassigned_bytes > 0 {
-                    ctl.unassigned.fetch_add(o.unassigned_bytes as u64, Ordering::Relaxed);
-                    debug!("MMIO write of {} bytes at {addr:#x} hit no region", data.len());
+                    ctl.unassigned
+                        .fetch_add(o.unassigned_bytes as u64, Ordering::Relaxed);
+                    debug!(
+                        "MMIO write of {} bytes at {addr:#x} hit no region",
+                        data.len()
+                    );
                 }
                 None
             }
-            Ok(VcpuExit::Shutdown) => Some(fault(&mut vcpu, &ctx.view, FaultKind::Shutdown, vec![])),
+            Ok(VcpuExit::Shutdown) => {
+                Some(fault(&mut vcpu, &ctx.view, FaultKind::Shutdown, vec![]))
+            }
             Ok(VcpuExit::InternalError) => {
                 let d = vcpu.internal_error();
                 let sub = d.data.first().copied().unwrap_or(0) as u32;
-                Some(fault(&mut vcpu, &ctx.view, FaultKind::InternalError(sub), d.data))
+                Some(fault(
+                    &mut vcpu,
+                    &ctx.view,
+                    FaultKind::InternalError(sub),
+                    d.data,
+                ))
             }
-            Ok(VcpuExit::FailEntry(reason, _cpu)) => {
-                Some(fault(&mut vcpu, &ctx.view, FaultKind::FailEntry(reason), vec![]))
-            }
+            Ok(VcpuExit::FailEntry(reason, _cpu)) => Some(fault(
+                &mut vcpu,
+                &ctx.view,
+                FaultKind::FailEntry(reason),
+                vec![],
+            )),
             Ok(VcpuExit::Intr) => None,
             Ok(other) => {
                 let name = format!("{other:?}");
-                Some(fault(&mut vcpu, &ctx.view, FaultKind::Unexpected(name), vec![]))
+                Some(fault(
+                    &mut vcpu,
+                    &ctx.view,
+                    FaultKind::Unexpected(name),
+                    vec![],
+                ))
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.clear_kick();
                 None
             }
-            Err(e) => Some(Outcome::Error(format!("vCPU {}: KVM_RUN failed: {e}", vcpu.index()))),
+            Err(e) => Some(Outcome::Error(format!(
+                "vCPU {}: KVM_RUN failed: {e}",
+                vcpu.index()
+            ))),
         };
         if let Some(o) = result {
             ctl.finish(o);
+        } else if ctx.stopper.requested() {
+            ctl.finish(match ctx.stopper.reason() {
+                Some(StopReason::Exit(code)) => Outcome::Exit(code),
+                Some(StopReason::Fatal(msg)) => Outcome::Error(msg),
+                None => Outcome::Error("stop requested without a reason".into()),
+            });
         }
     }
 }
@@ -142,6 +172,7 @@ impl Machine {
             let ctx = VcpuCtx {
                 view: self.view.clone(),
                 pio: self.pio.clone(),
+                stopper: self.stopper.clone(),
                 ctl: ctl.clone(),
             };
             let h = std::thread::Builder::new()
@@ -168,7 +199,11 @@ impl Machine {
                             g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
                             continue;
                         }
-                        g = ctl.changed.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+                        g = ctl
+                            .changed
+                            .wait_timeout(g, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
                     }
                     None => g = ctl.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
                 }

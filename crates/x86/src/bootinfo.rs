@@ -21,6 +21,8 @@ pub mod dev_kind {
     pub const SCRATCH_WINDOW: u32 = 1;
     /// Null MMIO device: exits that do nothing.
     pub const NULL_MMIO: u32 = 2;
+    /// Port-I/O window: port `p` at MMIO address `base + p`.
+    pub const PIO_WINDOW: u32 = 3;
 }
 
 /// One device table entry.

@@ -187,7 +187,10 @@ mod tests {
         assert_eq!(dpl(e(4)), 3);
         assert_eq!((e(3) >> 53) & 1, 1, "user code is 64-bit (L)");
         assert_eq!((e(5) >> 40) & 0xf, 0xb, "busy TSS type");
-        assert_eq!(((e(5) >> 16) & 0xff_ffff) | (((e(5) >> 56) & 0xff) << 24) | (e(6) << 32), TSS);
+        assert_eq!(
+            ((e(5) >> 16) & 0xff_ffff) | (((e(5) >> 56) & 0xff) << 24) | (e(6) << 32),
+            TSS
+        );
     }
 
     #[test]

@@ -202,7 +202,10 @@ mod tests {
         assert_eq!(parse(&d), Err(ElfError::Dynamic));
         let mut o = tiny();
         o[64 + 32] = 0xff;
-        assert_eq!(parse(&o), Err(ElfError::SegmentOutsideFile { paddr: 0x20_0000 }));
+        assert_eq!(
+            parse(&o),
+            Err(ElfError::SegmentOutsideFile { paddr: 0x20_0000 })
+        );
         let mut e = tiny();
         e[24..32].copy_from_slice(&0x10u64.to_le_bytes());
         assert_eq!(parse(&e), Err(ElfError::BadEntry(0x10)));

@@ -20,6 +20,11 @@ pub const STACK_SIZE: u64 = 256 * 1024;
 pub const NULL_MMIO_BASE: u64 = 0xD000_0000;
 /// Size of the null MMIO device.
 pub const NULL_MMIO_SIZE: u64 = 0x1000;
+/// The port-I/O window: port `p` is the MMIO address `PIO_WINDOW_BASE + p` (for CPL3 guests on
+/// hosts that do not honour IOPL, such as `kvm_pvm`).
+pub const PIO_WINDOW_BASE: u64 = 0xD001_0000;
+/// Size of the port-I/O window (the whole 16-bit port space).
+pub const PIO_WINDOW_SIZE: u64 = 0x1_0000;
 /// Default base of the scratch window: 64 GiB, far above RAM.
 pub const SCRATCH_WINDOW_BASE: u64 = 64 << 30;
 /// Highest guest-physical address + 1 test guests can identity-map (canonical, 47 bits).
@@ -62,7 +67,12 @@ pub struct TopOfRam {
 
 /// Places `pt_bytes` of page tables at the very top of low RAM and `vcpus` stacks below them.
 /// Returns `None` when they do not fit above the image area.
-pub fn top_of_ram(low_ram_end: u64, pt_bytes: u64, vcpus: u32, stack_size: u64) -> Option<TopOfRam> {
+pub fn top_of_ram(
+    low_ram_end: u64,
+    pt_bytes: u64,
+    vcpus: u32,
+    stack_size: u64,
+) -> Option<TopOfRam> {
     let page_tables = low_ram_end.checked_sub(pt_bytes)? & !0xfff;
     let stacks = stack_size.checked_mul(u64::from(vcpus))?;
     let stacks_bottom = page_tables.checked_sub(stacks)?;
@@ -82,7 +92,10 @@ mod tests {
         assert_eq!(ram_ranges(64 << 20), vec![(0, 64 << 20, 0)]);
         assert_eq!(
             ram_ranges(4 << 30),
-            vec![(0, LOW_RAM_MAX, 0), (HIGH_RAM_START, (4 << 30) - LOW_RAM_MAX, LOW_RAM_MAX)]
+            vec![
+                (0, LOW_RAM_MAX, 0),
+                (HIGH_RAM_START, (4 << 30) - LOW_RAM_MAX, LOW_RAM_MAX)
+            ]
         );
     }
 

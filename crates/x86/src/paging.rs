@@ -127,15 +127,29 @@ mod tests {
             return None;
         }
         let user = e4 & e3 & e2 & USER != 0;
-        Some(((e2 & !(LARGE_PAGE - 1) & ((1 << 52) - 1)) | (va & (LARGE_PAGE - 1)), user))
+        Some((
+            (e2 & !(LARGE_PAGE - 1) & ((1 << 52) - 1)) | (va & (LARGE_PAGE - 1)),
+            user,
+        ))
     }
 
     #[test]
     fn maps_exactly_the_requested_blocks_identity_and_user() {
-        let ranges = [(0, 64 << 20), (64 << 30, 4 << 20), (4 << 40, 2 << 20), (0xD000_0000, 0x1000)];
+        let ranges = [
+            (0, 64 << 20),
+            (64 << 30, 4 << 20),
+            (4 << 40, 2 << 20),
+            (0xD000_0000, 0x1000),
+        ];
         let t = build(0x80_0000, &ranges).unwrap();
         assert_eq!(t.bytes.len() as u64, size_for(&ranges).unwrap());
-        for va in [0u64, 0x1234_5678 & ((64 << 20) - 1), (64 << 30) + 0x3f_ffff, (4 << 40) + 8, 0xD000_0010] {
+        for va in [
+            0u64,
+            0x1234_5678 & ((64 << 20) - 1),
+            (64 << 30) + 0x3f_ffff,
+            (4 << 40) + 8,
+            0xD000_0010,
+        ] {
             assert_eq!(translate(&t, va), Some((va, true)), "va {va:#x}");
         }
         for va in [64 << 20, (64 << 30) + (4 << 20), 1 << 46, 0xC000_0000] {

@@ -1,0 +1,62 @@
+//! Shared helpers for the real-KVM tests.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cxlvm_vmm::{Machine, MachineConfig, RunReport, SerialOut};
+
+/// Serial output captured in memory.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Fails loudly when KVM is missing: these tests must not pass without it.
+pub fn require_kvm() {
+    assert!(
+        std::path::Path::new("/dev/kvm").exists(),
+        "these tests boot real guests and need /dev/kvm, which is missing on this machine"
+    );
+}
+
+/// A config for test guest `name` with serial captured and a safety timeout.
+pub fn config(name: &str, cmdline: &str) -> (MachineConfig, Capture) {
+    require_kvm();
+    let cap = Capture::default();
+    let mut cfg = MachineConfig::new(cxlvm_test_guests::path(name));
+    cfg.cmdline = cmdline.to_owned();
+    cfg.serial = SerialOut::Writer(Box::new(cap.clone()));
+    cfg.timeout = Some(Duration::from_secs(120));
+    (cfg, cap)
+}
+
+/// Builds and runs; returns the machine (for host-side inspection), report and serial text.
+pub fn boot(cfg: MachineConfig, cap: &Capture) -> (Machine, RunReport, String) {
+    let mut m = Machine::build(cfg).expect("machine builds");
+    let r = m.run().expect("machine runs");
+    let text = cap.text();
+    (m, r, text)
+}
+
+/// Reads little-endian u64 word `i` of a backing.
+pub fn word(m: &cxlvm_memory::RamBacking, i: u64) -> u64 {
+    let mut b = [0u8; 8];
+    m.read(i * 8, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}

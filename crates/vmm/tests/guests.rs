@@ -1,0 +1,165 @@
+//! Real-KVM tests: test guests at CPL3 against the foundation (memory API, slot listener, ports).
+
+mod common;
+
+use common::{boot, config, word};
+use cxlvm_vmm::{FaultKind, Outcome};
+
+#[test]
+fn hello_guest_prints_and_exits_zero() {
+    let (cfg, cap) = config("hello", "");
+    let (_m, r, text) = boot(cfg, &cap);
+    assert_eq!(r.outcome, Outcome::Exit(0), "serial:\n{text}");
+    assert!(text.contains("hello from cxlvm guest"), "serial:\n{text}");
+    assert!(
+        r.stats.start_to_first_instruction_us.is_some(),
+        "boot mark recorded"
+    );
+}
+
+#[test]
+fn exit_port_value_becomes_the_status() {
+    let (cfg, cap) = config("exit", "code=42");
+    let (_m, r, _) = boot(cfg, &cap);
+    assert_eq!(r.outcome, Outcome::Exit(42));
+    assert_eq!(r.outcome.exit_status(), 42);
+}
+
+#[test]
+fn window_mmio_then_alias_then_mmio_keeps_every_byte() {
+    let words = 512u64;
+    let (mut cfg, cap) = config("window", &format!("mode=roundtrip words={words}"));
+    cfg.scratch_window = Some(2 << 20);
+    let (m, r, text) = boot(cfg, &cap);
+    assert_eq!(r.outcome, Outcome::Exit(0), "serial:\n{text}");
+    assert!(text.contains("window roundtrip ok"), "serial:\n{text}");
+    let s = m.scratch().unwrap();
+    // Phase 1 (alias off): N writes + N reads exit. Phase 2 (alias on): N reads + N writes run
+    // without exits. Phase 3 (alias off): 2N reads exit. Anything else means the alias phase
+    // exited or the MMIO phases did not.
+    assert_eq!(s.mmio_accesses(), 4 * words, "exits through the MMIO path");
+    assert_eq!(s.switches(), 2);
+    // The bytes live in the device backing, whichever path wrote them.
+    for i in 0..words {
+        assert_eq!(
+            word(s.backing(), i),
+            0xC0DE_0000_0000_0000 | i,
+            "word {i} (MMIO-written)"
+        );
+        let j = words + i;
+        assert_eq!(
+            word(s.backing(), j),
+            0xA11A_0000_0000_0000 | j,
+            "word {j} (alias-written)"
+        );
+    }
+    assert!(
+        m.slots().covering(s.base()).is_none(),
+        "alias off at exit: no slot over the window"
+    );
+}
+
+fn expect_emulation_failure(mode: &str) {
+    let (mut cfg, cap) = config("window", &format!("mode={mode} alias=off"));
+    cfg.scratch_window = Some(2 << 20);
+    let (_m, r, text) = boot(cfg, &cap);
+    match &r.outcome {
+        Outcome::Fault { kind, bytes, .. } => {
+            assert_eq!(*kind, FaultKind::InternalError(1), "serial:\n{text}");
+            assert_eq!(bytes.len(), 16);
+        }
+        other => panic!(
+            "{mode} on an MMIO-only range must fail emulation, got {other:?}; serial:\n{text}"
+        ),
+    }
+    assert_eq!(r.outcome.exit_status(), 1);
+    let msg = r.outcome.message().unwrap();
+    assert!(
+        msg.contains("emulation failure") && msg.contains("RIP"),
+        "{msg}"
+    );
+}
+
+fn expect_success_on_alias(mode: &str) {
+    let (mut cfg, cap) = config("window", &format!("mode={mode} alias=on"));
+    cfg.scratch_window = Some(2 << 20);
+    let (m, r, text) = boot(cfg, &cap);
+    assert_eq!(r.outcome, Outcome::Exit(0), "serial:\n{text}");
+    assert!(text.contains(&format!("{mode} ok")), "serial:\n{text}");
+    assert_eq!(m.scratch().unwrap().mmio_accesses(), 0);
+}
+
+#[test]
+fn xsavec_to_mmio_only_window_is_an_emulation_failure() {
+    expect_emulation_failure("xsavec");
+}
+
+#[test]
+fn xsavec_to_aliased_window_succeeds() {
+    expect_success_on_alias("xsavec");
+}
+
+#[test]
+fn avx_store_to_mmio_only_window_is_an_emulation_failure() {
+    expect_emulation_failure("avx");
+}
+
+#[test]
+fn avx_store_to_aliased_window_succeeds() {
+    expect_success_on_alias("avx");
+}
+
+#[test]
+fn two_vcpus_stream_while_the_alias_toggles_and_nothing_is_lost() {
+    let words = 65536u64;
+    let toggles = 1000u64;
+    let (mut cfg, cap) = config(
+        "window",
+        &format!("mode=stress words={words} toggles={toggles}"),
+    );
+    cfg.scratch_window = Some(2 << 20);
+    cfg.vcpus = 2;
+    let (m, r, text) = boot(cfg, &cap);
+    assert_eq!(r.outcome, Outcome::Exit(0), "serial:\n{text}");
+    assert!(text.contains("stress ok"), "serial:\n{text}");
+    let s = m.scratch().unwrap();
+    assert!(s.switches() >= toggles, "only {} switches", s.switches());
+    // Host-side check, independent of the guest's own verification.
+    let tag = stress_tag(&text);
+    for i in 0..words {
+        assert_eq!(word(s.backing(), i), tag | i, "word {i}");
+    }
+}
+
+/// The stress guest prints its pattern tag as `tag=0x...`.
+fn stress_tag(text: &str) -> u64 {
+    let t = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("tag=0x"))
+        .unwrap_or_else(|| panic!("stress guest did not print tag=0x...; serial:\n{text}"));
+    u64::from_str_radix(t, 16).unwrap()
+}
+
+#[test]
+fn triple_fault_is_reported_with_rip_and_bytes() {
+    let (cfg, cap) = config("fault", "kind=ud2");
+    let (_m, r, text) = boot(cfg, &cap);
+    match &r.outcome {
+        Outcome::Fault { kind, bytes, .. } => {
+            assert_eq!(*kind, FaultKind::Shutdown, "serial:\n{text}");
+            assert_eq!(&bytes[..2], &[0x0f, 0x0b], "ud2 at RIP");
+        }
+        other => panic!("expected a shutdown, got {other:?}"),
+    }
+    assert_eq!(r.outcome.exit_status(), 1);
+}
+
+#[test]
+fn timeout_stops_a_spinning_guest() {
+    let (mut cfg, cap) = config("spin", "");
+    cfg.timeout = Some(std::time::Duration::from_millis(300));
+    cfg.vcpus = 2;
+    let (_m, r, _) = boot(cfg, &cap);
+    assert!(matches!(r.outcome, Outcome::Timeout(_)), "{:?}", r.outcome);
+    assert_eq!(r.outcome.exit_status(), 124);
+}
