@@ -106,8 +106,8 @@ fn bad_memory_and_vcpus() {
         "--scratch-window",
     );
     user_error(
-        &cxlvm(&["run", "--guest", &guest("hello"), "--timeout", "-1"]),
-        "--timeout",
+        &cxlvm(&["run", "--guest", &guest("hello"), "--timeout", "0"]),
+        "--timeout 0",
     );
 }
 

@@ -123,16 +123,16 @@ pub enum ConfigError {
 impl MachineConfig {
     /// Checks the scalar settings.
     pub fn check(&self) -> Result<(), ConfigError> {
-        if self.memory % 4096 != 0 || !(MIN_MEMORY..=MAX_MEMORY).contains(&self.memory) {
+        if !self.memory.is_multiple_of(4096) || !(MIN_MEMORY..=MAX_MEMORY).contains(&self.memory) {
             return Err(ConfigError::Memory(self.memory));
         }
         if !(1..=MAX_VCPUS).contains(&self.vcpus) {
             return Err(ConfigError::Vcpus(self.vcpus));
         }
-        if let Some(s) = self.scratch_window {
-            if s == 0 || s % (2 << 20) != 0 || s > (64 << 30) {
-                return Err(ConfigError::ScratchWindow(s));
-            }
+        if let Some(s) = self.scratch_window
+            && (s == 0 || !s.is_multiple_of(2 << 20) || s > (64 << 30))
+        {
+            return Err(ConfigError::ScratchWindow(s));
         }
         Ok(())
     }
