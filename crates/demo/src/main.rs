@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     boot("window", "mode=avx alias=on", 1)?;
 
     println!("\n== 3. Two vCPUs: one streams into the window while the other toggles the alias");
-    let (m, _) = boot("window", "mode=stress words=65536 toggles=1000", 2)?;
+    let (m, _) = boot("window", "mode=stress words=8192 toggles=200", 2)?;
     println!(
         "   {} alias switches while streaming, every word checked",
         m.scratch().map_or(0, |s| s.switches())

@@ -263,7 +263,10 @@ fn on_off(on: bool) -> &'static str {
 }
 
 static STRESS_BARRIER: Barrier = Barrier::new();
-static WRITER_DONE: AtomicBool = AtomicBool::new(false);
+/// Writes vCPU 0 has done so far (word `n % words` holds `PATTERN_STRESS | n`).
+static WRITES: AtomicU64 = AtomicU64::new(0);
+/// Set by vCPU 1 when it stopped toggling (alias off).
+static TOGGLER_DONE: AtomicBool = AtomicBool::new(false);
 static TOGGLES_DONE: AtomicU64 = AtomicU64::new(0);
 
 /// vCPU 0 writes `words` words while vCPU 1 toggles the alias at least `toggles` times and
@@ -315,26 +318,35 @@ fn stress(boot: &BootInfo, vcpu: u32) -> i32 {
     STRESS_BARRIER.wait(2);
 
     if vcpu == 1 {
+        // Toggle until at least `toggles` switches are done, vCPU 0 has streamed at least one
+        // full lap of the window meanwhile, and the count is even (alias ends off).
         let mut done: u64 = 0;
         loop {
             // Even counts turn the alias on, odd ones off.
             port::outl(w.port, u32::from(done.is_multiple_of(2)));
             done += 1;
-            if done.is_multiple_of(2) && done >= toggles && WRITER_DONE.load(Ordering::Acquire) {
+            if done.is_multiple_of(2) && done >= toggles && WRITES.load(Ordering::Acquire) >= words
+            {
                 break;
             }
         }
         TOGGLES_DONE.store(done, Ordering::Relaxed);
+        TOGGLER_DONE.store(true, Ordering::Release);
         STRESS_BARRIER.wait(2);
         return 0;
     }
 
+    // vCPU 0 streams a sequence round the window for as long as vCPU 1 toggles: write `n` goes
+    // to word `n % words` with value `PATTERN_STRESS | n`. The last `words` writes all happened
+    // while the alias was switching under them.
     let t0 = rdtsc_ordered();
-    for i in 0..words {
-        w.mmio.write_u64(i * 8, PATTERN_STRESS | i);
+    let mut n: u64 = 0;
+    while !TOGGLER_DONE.load(Ordering::Acquire) {
+        w.mmio.write_u64((n % words) * 8, PATTERN_STRESS | n);
+        n += 1;
+        WRITES.store(n, Ordering::Release);
     }
     let t1 = rdtsc_ordered();
-    WRITER_DONE.store(true, Ordering::Release);
     STRESS_BARRIER.wait(2);
     let toggled = TOGGLES_DONE.load(Ordering::Relaxed);
     let t2 = rdtsc_ordered();
@@ -345,7 +357,9 @@ fn stress(boot: &BootInfo, vcpu: u32) -> i32 {
         return BAD_CONTROL;
     }
     for i in 0..words {
-        if let Err(status) = w.expect("stress", i, PATTERN_STRESS | i) {
+        // The last write that went to word i.
+        let last = n - 1 - ((n - 1 - i) % words);
+        if let Err(status) = w.expect("stress", i, PATTERN_STRESS | last) {
             return status;
         }
     }
@@ -356,7 +370,7 @@ fn stress(boot: &BootInfo, vcpu: u32) -> i32 {
         t2 - t1,
         t3 - t2
     );
-    println!("stress ok words={words} toggles={toggled}");
+    println!("stress ok words={words} toggles={toggled} writes={n}");
     0
 }
 
