@@ -158,76 +158,69 @@ impl FlatView {
     /// ranges is split at the boundaries (MMIO pieces whose size is not 1, 2, 4 or 8 are issued
     /// byte by byte).
     pub fn read(&self, addr: u64, data: &mut [u8]) -> AccessOutcome {
-        let mut out = AccessOutcome::default();
-        let mut done = 0usize;
-        while done < data.len() {
-            let a = addr.wrapping_add(done as u64);
-            let rest = data.len() - done;
-            let (piece, kind) = self.piece(a, rest);
-            let buf = &mut data[done..done + piece];
-            match kind {
-                Some(r) => {
-                    let off = a - r.start;
-                    match &r.target {
-                        FlatTarget::Ram {
-                            backing, offset, ..
-                        } => {
-                            if backing.read(offset + off, buf).is_err() {
-                                buf.fill(0xff);
-                            }
-                            out.ram_bytes += piece;
-                        }
-                        FlatTarget::Mmio { handler, offset } => {
-                            for_each_mmio_chunk(buf.len(), |s, l| {
-                                handler.read(offset + off + s as u64, &mut buf[s..s + l])
-                            });
-                            out.mmio_bytes += piece;
-                        }
+        self.pieces(addr, data.len(), |range, off, span| {
+            let buf = &mut data[span];
+            match range.map(|r| &r.target) {
+                Some(FlatTarget::Ram {
+                    backing, offset, ..
+                }) => {
+                    if backing.read(offset + off, buf).is_err() {
+                        buf.fill(0xff);
                     }
                 }
-                None => {
-                    buf.fill(0xff);
-                    out.unassigned_bytes += piece;
+                Some(FlatTarget::Mmio { handler, offset }) => {
+                    for_each_mmio_chunk(buf.len(), |s, l| {
+                        handler.read(offset + off + s as u64, &mut buf[s..s + l])
+                    });
                 }
+                None => buf.fill(0xff),
             }
-            done += piece;
-        }
-        out
+        })
     }
 
     /// Writes `data` at `addr`; see [`FlatView::read`]. Writes to read-only RAM and to holes are
     /// dropped.
     pub fn write(&self, addr: u64, data: &[u8]) -> AccessOutcome {
-        let mut out = AccessOutcome::default();
-        let mut done = 0usize;
-        while done < data.len() {
-            let a = addr.wrapping_add(done as u64);
-            let rest = data.len() - done;
-            let (piece, kind) = self.piece(a, rest);
-            let buf = &data[done..done + piece];
-            match kind {
-                Some(r) => {
-                    let off = a - r.start;
-                    match &r.target {
-                        FlatTarget::Ram {
-                            backing,
-                            offset,
-                            readonly,
-                        } => {
-                            if !readonly {
-                                // Bounds are guaranteed by rendering; a failure drops the write.
-                                let _ = backing.write(offset + off, buf);
-                            }
-                            out.ram_bytes += piece;
-                        }
-                        FlatTarget::Mmio { handler, offset } => {
-                            for_each_mmio_chunk(buf.len(), |s, l| {
-                                handler.write(offset + off + s as u64, &buf[s..s + l])
-                            });
-                            out.mmio_bytes += piece;
-                        }
+        self.pieces(addr, data.len(), |range, off, span| {
+            let buf = &data[span];
+            match range.map(|r| &r.target) {
+                Some(FlatTarget::Ram {
+                    backing,
+                    offset,
+                    readonly,
+                }) => {
+                    if !readonly {
+                        // Bounds are guaranteed by rendering; a failure drops the write.
+                        let _ = backing.write(offset + off, buf);
                     }
                 }
+                Some(FlatTarget::Mmio { handler, offset }) => {
+                    for_each_mmio_chunk(buf.len(), |s, l| {
+                        handler.write(offset + off + s as u64, &buf[s..s + l])
+                    });
+                }
+                None => {}
+            }
+        })
+    }
+
+    /// Splits an access of `len` bytes at `addr` at range boundaries and calls `f` with each
+    /// piece's range (None for a hole), its offset inside that range and its span in the buffer.
+    fn pieces(
+        &self,
+        addr: u64,
+        len: usize,
+        mut f: impl FnMut(Option<&FlatRange>, u64, std::ops::Range<usize>),
+    ) -> AccessOutcome {
+        let mut out = AccessOutcome::default();
+        let mut done = 0usize;
+        while done < len {
+            let a = addr.wrapping_add(done as u64);
+            let (piece, range) = self.piece(a, len - done);
+            f(range, range.map_or(0, |r| a - r.start), done..done + piece);
+            match range {
+                Some(r) if r.is_ram() => out.ram_bytes += piece,
+                Some(_) => out.mmio_bytes += piece,
                 None => out.unassigned_bytes += piece,
             }
             done += piece;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use cxlvm_devices::{PioBus, StopReason, Stopper};
 use cxlvm_kvm::{Vcpu, VcpuExit, install_kick_handler, kick_signal};
-use cxlvm_memory::FlatViewHandle;
+use cxlvm_memory::{AccessOutcome, FlatViewHandle};
 use tracing::{debug, error};
 use vmm_sys_util::signal::Killable;
 
@@ -33,6 +33,18 @@ impl Control {
         }
         self.stop.store(true, Ordering::SeqCst);
         self.changed.notify_all();
+    }
+}
+
+impl Control {
+    /// Counts an MMIO exit and the bytes of it that hit no region (logged at debug).
+    fn count_mmio(&self, o: AccessOutcome, what: &str, addr: u64, len: usize) {
+        self.mmio_exits.fetch_add(1, Ordering::Relaxed);
+        if o.unassigned_bytes > 0 {
+            self.unassigned
+                .fetch_add(o.unassigned_bytes as u64, Ordering::Relaxed);
+            debug!("MMIO {what} of {len} bytes at {addr:#x} hit no region");
+        }
     }
 }
 
@@ -73,29 +85,13 @@ fn vcpu_loop(mut vcpu: Vcpu, ctx: VcpuCtx) {
                 None
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
-                ctl.mmio_exits.fetch_add(1, Ordering::Relaxed);
                 let o = ctx.view.with(|v| v.read(addr, data));
-                if o.unassigned_bytes > 0 {
-                    ctl.unassigned
-                        .fetch_add(o.unassigned_bytes as u64, Ordering::Relaxed);
-                    debug!(
-                        "MMIO read of {} bytes at {addr:#x} hit no region",
-                        data.len()
-                    );
-                }
+                ctl.count_mmio(o, "read", addr, data.len());
                 None
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                ctl.mmio_exits.fetch_add(1, Ordering::Relaxed);
                 let o = ctx.view.with(|v| v.write(addr, data));
-                if o.unassigned_bytes > 0 {
-                    ctl.unassigned
-                        .fetch_add(o.unassigned_bytes as u64, Ordering::Relaxed);
-                    debug!(
-                        "MMIO write of {} bytes at {addr:#x} hit no region",
-                        data.len()
-                    );
-                }
+                ctl.count_mmio(o, "write", addr, data.len());
                 None
             }
             Ok(VcpuExit::Shutdown) => {

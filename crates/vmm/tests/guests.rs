@@ -128,7 +128,10 @@ fn two_vcpus_stream_while_the_alias_toggles_and_nothing_is_lost() {
     // the guest's `writes` sequence writes that went to it.
     let tag = number_after(&text, "tag=0x", 16);
     let writes = number_after(&text, "writes=", 10);
-    assert!(writes >= words, "the stream must lap the window while toggling ({writes} writes)");
+    assert!(
+        writes >= words,
+        "the stream must lap the window while toggling ({writes} writes)"
+    );
     for i in 0..words {
         let last = writes - 1 - ((writes - 1 - i) % words);
         assert_eq!(word(s.backing(), i), tag | last, "word {i}");
