@@ -187,13 +187,13 @@ impl FlatView {
                 Some(FlatTarget::Ram {
                     backing,
                     offset,
-                    readonly,
+                    readonly: false,
                 }) => {
-                    if !readonly {
-                        // Bounds are guaranteed by rendering; a failure drops the write.
-                        let _ = backing.write(offset + off, buf);
-                    }
+                    // Bounds are guaranteed by rendering; a failure drops the write.
+                    let _ = backing.write(offset + off, buf);
                 }
+                // Writes to read-only RAM are dropped.
+                Some(FlatTarget::Ram { readonly: true, .. }) => {}
                 Some(FlatTarget::Mmio { handler, offset }) => {
                     for_each_mmio_chunk(buf.len(), |s, l| {
                         handler.write(offset + off + s as u64, &buf[s..s + l])
