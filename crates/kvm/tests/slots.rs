@@ -21,12 +21,15 @@ fn vm() -> cxlvm_kvm::Vm {
         .expect("create VM")
 }
 
+/// (phase, published generation at that moment, installed slots) per listener call.
+type PhaseLog = Arc<Mutex<Vec<(&'static str, u64, Vec<SlotInfo>)>>>;
+
 /// Registered after the slot listener: records, at each phase, whether the view already showed
 /// the new generation and which slots KVM had.
 struct Probe {
     table: Arc<SlotTable>,
     view: Arc<Mutex<Option<FlatViewHandle>>>,
-    log: Arc<Mutex<Vec<(&'static str, u64, Vec<SlotInfo>)>>>,
+    log: PhaseLog,
 }
 
 impl MemoryListener for Probe {
@@ -60,7 +63,7 @@ impl MemoryListener for Probe {
 struct Setup {
     space: AddressSpace,
     table: Arc<SlotTable>,
-    log: Arc<Mutex<Vec<(&'static str, u64, Vec<SlotInfo>)>>>,
+    log: PhaseLog,
     alias: cxlvm_memory::RegionId,
     _vm: cxlvm_kvm::Vm,
 }
@@ -74,7 +77,7 @@ fn setup() -> Setup {
         .add_listener(Box::new(vm.slot_listener(table.clone())))
         .unwrap();
     let view_cell = Arc::new(Mutex::new(None));
-    let log = Arc::new(Mutex::new(Vec::new()));
+    let log: PhaseLog = Arc::new(Mutex::new(Vec::new()));
     space
         .add_listener(Box::new(Probe {
             table: table.clone(),
