@@ -2,9 +2,12 @@
 //!
 //! - [`interleave`]: interleave-ways / granularity encodings and the HPA <-> DPA maths.
 //! - [`hdm`]: HDM decoder capability register emulation with commit validation.
+//! - [`component`]: the 64 KiB CXL component register block (CXL.cache/mem capability array, RAS,
+//!   HDM decoders) of host bridges, root ports and Type-3 devices.
 //! - [`mailbox`] / [`devregs`]: the Type-3 device register block and its mailbox commands.
 #![forbid(unsafe_code)]
 
+pub mod component;
 pub mod devregs;
 pub mod hdm;
 pub mod interleave;
