@@ -5,10 +5,16 @@
 //! - [`component`]: the 64 KiB CXL component register block (CXL.cache/mem capability array, RAS,
 //!   HDM decoders) of host bridges, root ports and Type-3 devices.
 //! - [`mailbox`] / [`devregs`]: the Type-3 device register block and its mailbox commands.
+//! - [`graph`]: the decode graph (committed decoder state as data) and HPA routing.
+//! - [`window`]: the fixed-window MMIO dispatcher over the decode graph.
+//! - [`topology`]: host bridges, devices and windows from TOML or short flags, and their checks.
 #![forbid(unsafe_code)]
 
 pub mod component;
 pub mod devregs;
+pub mod graph;
 pub mod hdm;
 pub mod interleave;
 pub mod mailbox;
+pub mod topology;
+pub mod window;
