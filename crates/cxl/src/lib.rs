@@ -6,15 +6,17 @@
 //!   HDM decoders) of host bridges, root ports and Type-3 devices.
 //! - [`mailbox`] / [`devregs`]: the Type-3 device register block and its mailbox commands.
 //! - [`graph`]: the decode graph (committed decoder state as data) and HPA routing.
+//! - [`fabric`]: the live components (registers, enables) behind one lock; republishes the graph.
 //! - [`window`]: the fixed-window MMIO dispatcher over the decode graph.
 //! - [`topology`]: host bridges, devices and windows from TOML or short flags, and their checks.
 #![forbid(unsafe_code)]
 
 pub mod component;
 pub mod devregs;
-// pub mod graph; (enabled once interleave.rs lands)
+pub mod fabric;
+pub mod graph;
 pub mod hdm;
 pub mod interleave;
 pub mod mailbox;
 pub mod topology;
-// pub mod window; (enabled once interleave.rs lands)
+pub mod window;

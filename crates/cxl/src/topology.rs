@@ -236,7 +236,12 @@ impl Topology {
     pub fn from_toml(text: &str) -> Result<Self, TopologyError> {
         toml::from_str(text).map_err(|e| {
             // toml's messages are multi-line; keep the first line and the location.
-            let msg = e.message().lines().next().unwrap_or("invalid TOML").to_owned();
+            let msg = e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_owned();
             match e.span() {
                 Some(span) => {
                     let line = text[..span.start.min(text.len())].lines().count().max(1);
@@ -300,7 +305,9 @@ impl Topology {
     /// first problem found.
     pub fn validate(&mut self, limits: &AddressLimits) -> Result<(), TopologyError> {
         if self.host_bridges.is_empty() && (!self.devices.is_empty() || !self.windows.is_empty()) {
-            return Err(TopologyError::Parse("a CXL topology needs at least one [[host_bridge]]".into()));
+            return Err(TopologyError::Parse(
+                "a CXL topology needs at least one [[host_bridge]]".into(),
+            ));
         }
         if self.host_bridges.len() > MAX_HOST_BRIDGES {
             return Err(TopologyError::Parse(format!(
@@ -316,10 +323,16 @@ impl Topology {
                 return Err(hb("defined twice".into()));
             }
             if !uids.insert(h.uid.unwrap_or(i as u32)) {
-                return Err(hb(format!("uid {} is used by another host bridge", self.uid(i))));
+                return Err(hb(format!(
+                    "uid {} is used by another host bridge",
+                    self.uid(i)
+                )));
             }
             if h.root_ports == 0 || h.root_ports > MAX_ROOT_PORTS {
-                return Err(hb(format!("root_ports = {}: must be 1 to {MAX_ROOT_PORTS}", h.root_ports)));
+                return Err(hb(format!(
+                    "root_ports = {}: must be 1 to {MAX_ROOT_PORTS}",
+                    h.root_ports
+                )));
             }
             if h.passthrough && h.root_ports != 1 {
                 return Err(hb(format!(
@@ -340,7 +353,10 @@ impl Topology {
                 return Err(dev("defined twice".into()));
             }
             let Some(h) = self.host_bridge(&d.host_bridge) else {
-                return Err(dev(format!("host_bridge '{}' does not exist", d.host_bridge)));
+                return Err(dev(format!(
+                    "host_bridge '{}' does not exist",
+                    d.host_bridge
+                )));
             };
             if d.root_port >= self.host_bridges[h].root_ports {
                 return Err(dev(format!(
@@ -357,11 +373,16 @@ impl Topology {
             let (v, p) = (d.volatile_bytes(), d.persistent_bytes());
             for (what, b) in [("volatile", v), ("persistent", p)] {
                 if b % CXL_UNIT != 0 {
-                    return Err(dev(format!("{what} capacity {} is not a multiple of 256 MiB", fmt_size(b))));
+                    return Err(dev(format!(
+                        "{what} capacity {} is not a multiple of 256 MiB",
+                        fmt_size(b)
+                    )));
                 }
             }
             if v == 0 && p == 0 {
-                return Err(dev("has no capacity (set volatile and/or persistent)".into()));
+                return Err(dev(
+                    "has no capacity (set volatile and/or persistent)".into()
+                ));
             }
             if v.checked_add(p).is_none_or(|t| t > 1 << 46) {
                 return Err(dev("capacity above 64 TiB".into()));
@@ -370,7 +391,9 @@ impl Topology {
                 return Err(dev("persistent capacity needs persistent_file".into()));
             }
             if p == 0 && (d.persistent_file.is_some() || d.lsa_file.is_some()) {
-                return Err(dev("persistent_file/lsa_file given without persistent capacity".into()));
+                return Err(dev(
+                    "persistent_file/lsa_file given without persistent capacity".into(),
+                ));
             }
             if let Some(n) = d.decoders {
                 if !matches!(n, 1 | 2 | 4 | 6 | 8 | 10) {
@@ -384,7 +407,10 @@ impl Topology {
                 return Err(win("defined twice".into()));
             }
             if w.size.0 == 0 || w.size.0 % CXL_UNIT != 0 {
-                return Err(win(format!("size {} is not a non-zero multiple of 256 MiB", fmt_size(w.size.0))));
+                return Err(win(format!(
+                    "size {} is not a non-zero multiple of 256 MiB",
+                    fmt_size(w.size.0)
+                )));
             }
             if w.targets.is_empty() {
                 return Err(win("has no targets".into()));
@@ -406,7 +432,9 @@ impl Topology {
             }
             let g = w.granularity_bytes();
             if !g.is_power_of_two() || !(256..=16384).contains(&g) {
-                return Err(win(format!("granularity {g} must be a power of two from 256 B to 16 KiB")));
+                return Err(win(format!(
+                    "granularity {g} must be a power of two from 256 B to 16 KiB"
+                )));
             }
             if w.arithmetic == Arithmetic::Xor && !w.targets.len().is_power_of_two() {
                 return Err(win("xor arithmetic needs 1, 2, 4, 8 or 16 targets".into()));
@@ -452,7 +480,12 @@ impl Topology {
             let mut base = limits.window_min.next_multiple_of(CXL_UNIT);
             loop {
                 let end = base.checked_add(size).unwrap_or(u64::MAX);
-                match taken.iter().filter(|(s, e, _)| base < *e && *s < end).map(|(_, e, _)| *e).max() {
+                match taken
+                    .iter()
+                    .filter(|(s, e, _)| base < *e && *s < end)
+                    .map(|(_, e, _)| *e)
+                    .max()
+                {
                     Some(e) => base = e.next_multiple_of(CXL_UNIT),
                     None => break,
                 }
@@ -462,7 +495,11 @@ impl Topology {
                 return Err(item(
                     "window",
                     &self.windows[i].id,
-                    format!("{} does not fit below {:#x}", fmt_size(size), limits.window_max),
+                    format!(
+                        "{} does not fit below {:#x}",
+                        fmt_size(size),
+                        limits.window_max
+                    ),
                 ));
             }
             taken.push((base, end, format!("window '{}'", self.windows[i].id)));
@@ -546,36 +583,115 @@ targets = ["hb0"]
     #[test]
     fn each_problem_names_its_item() {
         let cases: Vec<(Box<dyn Fn(&mut Topology)>, &str)> = vec![
-            (Box::new(|t| t.windows[0].size = Size(100 << 20)), "window 'w0': size 100 MiB is not a non-zero multiple of 256 MiB"),
-            (Box::new(|t| t.windows[0].size = Size(768 << 20)), "window 'w0': size 768 MiB is not a multiple of 2 targets x 256 MiB"),
-            (Box::new(|t| t.windows[1].base = Some(Size(0x200_0000_1000))), "window 'w1': base 0x20000001000 is not 256 MiB aligned"),
-            (Box::new(|t| t.windows[1].base = Some(Size(0))), "window 'w1': [0x0, 0x40000000) is outside the window area"),
-            (Box::new(|t| t.windows[0].base = Some(Size(0x200_0000_0000))), "window 'w1': [0x20000000000, 0x20040000000) overlaps window 'w0'"),
-            (Box::new(|t| t.windows[0].targets = ["hb0", "hb1", "hb0", "hb1", "hb0"].map(String::from).to_vec()), "window 'w0': 5 targets: interleave ways must be"),
-            (Box::new(|t| t.windows[1].targets = vec!["hb9".into()]), "window 'w1': target 'hb9' is not a host bridge"),
-            (Box::new(|t| t.windows[0].targets = vec!["hb0".into(), "hb0".into()]), "window 'w0': target 'hb0' is listed twice"),
-            (Box::new(|t| t.windows[0].granularity = Some(Size(128))), "window 'w0': granularity 128"),
-            (Box::new(|t| t.windows[0].granularity = Some(Size(32768))), "window 'w0': granularity 32768"),
-            (Box::new(|t| t.windows[1].targets.clear()), "window 'w1': has no targets"),
-            (Box::new(|t| t.devices[0].root_port = 5), "device 'mem0': root_port 5 does not exist on host bridge 'hb0'"),
-            (Box::new(|t| t.devices[0].host_bridge = "nope".into()), "device 'mem0': host_bridge 'nope' does not exist"),
-            (Box::new(|t| t.devices[1].root_port = 0), "device 'mem1': root port 0 of host bridge 'hb0' already has a device"),
-            (Box::new(|t| t.devices[0].volatile = Some(Size(300 << 20))), "device 'mem0': volatile capacity 300 MiB is not a multiple of 256 MiB"),
-            (Box::new(|t| t.devices[2].persistent_file = None), "device 'mem2': persistent capacity needs persistent_file"),
-            (Box::new(|t| t.devices[0].volatile = None), "device 'mem0': has no capacity"),
-            (Box::new(|t| t.devices[1].id = "mem0".into()), "device 'mem0': defined twice"),
-            (Box::new(|t| t.host_bridges[1].root_ports = 2), "host bridge 'hb1': passthrough needs exactly one root port, has 2"),
-            (Box::new(|t| t.host_bridges[0].root_ports = 9), "host bridge 'hb0': root_ports = 9"),
-            (Box::new(|t| t.host_bridges[1].uid = Some(0)), "host bridge 'hb1': uid 0 is used by another host bridge"),
-            (Box::new(|t| t.host_bridges[0].decoders = Some(3)), "host bridge 'hb0': decoders = 3"),
-            (Box::new(|t| {
-                t.windows[0].arithmetic = Arithmetic::Xor;
-                t.windows[0].targets = vec!["hb0".into(), "hb1".into()];
-                t.windows[1].targets = vec!["hb0".into()];
-                t.host_bridges.push(HostBridge { id: "hb2".into(), uid: None, root_ports: 1, passthrough: false, decoders: None });
-                t.windows[0].targets.push("hb2".into());
-                t.windows[0].size = Size(3 << 30);
-            }), "window 'w0': xor arithmetic needs 1, 2, 4, 8 or 16 targets"),
+            (
+                Box::new(|t| t.windows[0].size = Size(100 << 20)),
+                "window 'w0': size 100 MiB is not a non-zero multiple of 256 MiB",
+            ),
+            (
+                Box::new(|t| t.windows[0].size = Size(768 << 20)),
+                "window 'w0': size 768 MiB is not a multiple of 2 targets x 256 MiB",
+            ),
+            (
+                Box::new(|t| t.windows[1].base = Some(Size(0x200_0000_1000))),
+                "window 'w1': base 0x20000001000 is not 256 MiB aligned",
+            ),
+            (
+                Box::new(|t| t.windows[1].base = Some(Size(0))),
+                "window 'w1': [0x0, 0x40000000) is outside the window area",
+            ),
+            (
+                Box::new(|t| t.windows[0].base = Some(Size(0x200_0000_0000))),
+                "window 'w1': [0x20000000000, 0x20040000000) overlaps window 'w0'",
+            ),
+            (
+                Box::new(|t| {
+                    t.windows[0].targets = ["hb0", "hb1", "hb0", "hb1", "hb0"]
+                        .map(String::from)
+                        .to_vec()
+                }),
+                "window 'w0': 5 targets: interleave ways must be",
+            ),
+            (
+                Box::new(|t| t.windows[1].targets = vec!["hb9".into()]),
+                "window 'w1': target 'hb9' is not a host bridge",
+            ),
+            (
+                Box::new(|t| t.windows[0].targets = vec!["hb0".into(), "hb0".into()]),
+                "window 'w0': target 'hb0' is listed twice",
+            ),
+            (
+                Box::new(|t| t.windows[0].granularity = Some(Size(128))),
+                "window 'w0': granularity 128",
+            ),
+            (
+                Box::new(|t| t.windows[0].granularity = Some(Size(32768))),
+                "window 'w0': granularity 32768",
+            ),
+            (
+                Box::new(|t| t.windows[1].targets.clear()),
+                "window 'w1': has no targets",
+            ),
+            (
+                Box::new(|t| t.devices[0].root_port = 5),
+                "device 'mem0': root_port 5 does not exist on host bridge 'hb0'",
+            ),
+            (
+                Box::new(|t| t.devices[0].host_bridge = "nope".into()),
+                "device 'mem0': host_bridge 'nope' does not exist",
+            ),
+            (
+                Box::new(|t| t.devices[1].root_port = 0),
+                "device 'mem1': root port 0 of host bridge 'hb0' already has a device",
+            ),
+            (
+                Box::new(|t| t.devices[0].volatile = Some(Size(300 << 20))),
+                "device 'mem0': volatile capacity 300 MiB is not a multiple of 256 MiB",
+            ),
+            (
+                Box::new(|t| t.devices[2].persistent_file = None),
+                "device 'mem2': persistent capacity needs persistent_file",
+            ),
+            (
+                Box::new(|t| t.devices[0].volatile = None),
+                "device 'mem0': has no capacity",
+            ),
+            (
+                Box::new(|t| t.devices[1].id = "mem0".into()),
+                "device 'mem0': defined twice",
+            ),
+            (
+                Box::new(|t| t.host_bridges[1].root_ports = 2),
+                "host bridge 'hb1': passthrough needs exactly one root port, has 2",
+            ),
+            (
+                Box::new(|t| t.host_bridges[0].root_ports = 9),
+                "host bridge 'hb0': root_ports = 9",
+            ),
+            (
+                Box::new(|t| t.host_bridges[1].uid = Some(0)),
+                "host bridge 'hb1': uid 0 is used by another host bridge",
+            ),
+            (
+                Box::new(|t| t.host_bridges[0].decoders = Some(3)),
+                "host bridge 'hb0': decoders = 3",
+            ),
+            (
+                Box::new(|t| {
+                    t.windows[0].arithmetic = Arithmetic::Xor;
+                    t.windows[0].targets = vec!["hb0".into(), "hb1".into()];
+                    t.windows[1].targets = vec!["hb0".into()];
+                    t.host_bridges.push(HostBridge {
+                        id: "hb2".into(),
+                        uid: None,
+                        root_ports: 1,
+                        passthrough: false,
+                        decoders: None,
+                    });
+                    t.windows[0].targets.push("hb2".into());
+                    t.windows[0].size = Size(3 << 30);
+                }),
+                "window 'w0': xor arithmetic needs 1, 2, 4, 8 or 16 targets",
+            ),
         ];
         for (edit, want) in cases {
             let got = err_of(edit);
@@ -586,14 +702,20 @@ targets = ["hb0"]
 
     #[test]
     fn parse_errors_are_one_line_with_a_location() {
-        let e = Topology::from_toml("[[window]]\nid = 3\n").unwrap_err().to_string();
-        assert!(e.starts_with("line 2:"), "{e}");
-        assert_eq!(e.lines().count(), 1);
-        let e = Topology::from_toml("[[device]]\nid = \"a\"\nhost_bridge = \"h\"\nroot_port = 0\nsize = \"1G\"\n")
+        let e = Topology::from_toml("[[window]]\nid = 3\n")
             .unwrap_err()
             .to_string();
+        assert!(e.starts_with("line 2:"), "{e}");
+        assert_eq!(e.lines().count(), 1);
+        let e = Topology::from_toml(
+            "[[device]]\nid = \"a\"\nhost_bridge = \"h\"\nroot_port = 0\nsize = \"1G\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unknown field `size`"), "{e}");
-        let e = Topology::from_toml("[[window]]\nid = \"w\"\nsize = \"lots\"\ntargets = []\n").unwrap_err().to_string();
+        let e = Topology::from_toml("[[window]]\nid = \"w\"\nsize = \"lots\"\ntargets = []\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'lots' is not a size"), "{e}");
     }
 

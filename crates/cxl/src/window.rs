@@ -48,7 +48,12 @@ pub struct WindowDispatcher {
 
 impl WindowDispatcher {
     /// Dispatcher of window `index` at `base`.
-    pub fn new(index: usize, base: u64, graph: Arc<ArcSwap<DecodeGraph>>, devices: Arc<[DeviceMemory]>) -> Self {
+    pub fn new(
+        index: usize,
+        base: u64,
+        graph: Arc<ArcSwap<DecodeGraph>>,
+        devices: Arc<[DeviceMemory]>,
+    ) -> Self {
         Self {
             index,
             base,
@@ -71,21 +76,34 @@ impl WindowDispatcher {
 
     /// Resolves `len` bytes at `hpa` to one backing range, if they all land contiguously on one
     /// device (always true for aligned accesses of ≤ 8 bytes, as granules are ≥ 256 B).
-    fn resolve(&self, graph: &DecodeGraph, hpa: u64, len: usize) -> Option<(&Arc<RamBacking>, u64)> {
+    fn resolve(
+        &self,
+        graph: &DecodeGraph,
+        hpa: u64,
+        len: usize,
+    ) -> Option<(&Arc<RamBacking>, u64)> {
         let Target::Device { device, dpa } = graph.route_in(self.index, hpa) else {
             return None;
         };
         if len > 1 {
             let last = hpa.checked_add(len as u64 - 1)?;
             match graph.route_in(self.index, last) {
-                Target::Device { device: d2, dpa: p2 } if d2 == device && p2 == dpa + len as u64 - 1 => {}
+                Target::Device {
+                    device: d2,
+                    dpa: p2,
+                } if d2 == device && p2 == dpa + len as u64 - 1 => {}
                 _ => return None,
             }
         }
         self.devices.get(device)?.locate(dpa, len as u64)
     }
 
-    fn for_each_piece(&self, offset: u64, len: usize, mut f: impl FnMut(Option<(&Arc<RamBacking>, u64)>, usize, usize)) {
+    fn for_each_piece(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(Option<(&Arc<RamBacking>, u64)>, usize, usize),
+    ) {
         self.accesses.fetch_add(1, Ordering::Relaxed);
         let graph = self.graph.load();
         let hpa = self.base.wrapping_add(offset);
@@ -97,7 +115,12 @@ impl WindowDispatcher {
             let hit = self.resolve(&graph, hpa.wrapping_add(i as u64), 1);
             if hit.is_none() {
                 self.unclaimed.fetch_add(1, Ordering::Relaxed);
-                debug!("window {} HPA {:#x}: {:?}", self.index, hpa + i as u64, graph.route_in(self.index, hpa + i as u64));
+                debug!(
+                    "window {} HPA {:#x}: {:?}",
+                    self.index,
+                    hpa + i as u64,
+                    graph.route_in(self.index, hpa + i as u64)
+                );
             }
             f(hit, i, 1);
         }
