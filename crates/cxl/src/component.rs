@@ -272,10 +272,10 @@ impl ComponentRegs {
         if self.ras.is_some() && (RAS_PTR..RAS_PTR + RAS_LEN).contains(&rel) {
             return Region::Ras(rel - RAS_PTR);
         }
-        if let Some(hdm) = &self.hdm {
-            if (HDM_PTR..HDM_PTR + hdm.len()).contains(&rel) {
-                return Region::Hdm(rel - HDM_PTR);
-            }
+        if let Some(hdm) = &self.hdm
+            && (HDM_PTR..HDM_PTR + hdm.len()).contains(&rel)
+        {
+            return Region::Hdm(rel - HDM_PTR);
         }
         Region::None
     }

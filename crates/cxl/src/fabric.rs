@@ -95,9 +95,9 @@ impl CommitEnv for Env<'_> {
         let Some(end) = base.checked_add(size) else {
             return false;
         };
-        self.windows
-            .iter()
-            .any(|w| w.targets.contains(&self.hb) && base >= w.base && end <= w.base + w.size)
+        self.windows.iter().any(|w| {
+            w.targets.contains(&self.hb) && base >= w.base && end <= w.base.saturating_add(w.size)
+        })
     }
 
     fn target_exists(&self, port: u8) -> bool {

@@ -15,8 +15,8 @@
 //! | 0x24 + 0x20·n | Target List Low ([`HdmKind::Port`]) / DPA Skip Low, bits 31:28 ([`HdmKind::Endpoint`]) |
 //! | 0x28 + 0x20·n | Target List High / DPA Skip High |
 //!
-//! Control: IG [3:0], IW [7:4], Lock-On-Commit [8], Commit [9], Committed [10] (read-only),
-//! Error-Not-Committed [11] (read-only), Target Device Type [12] (1 = host-only coherent). Every
+//! Control: IG (bits 3:0), IW (7:4), Lock-On-Commit (8), Commit (9), Committed (10, read-only),
+//! Error-Not-Committed (11, read-only), Target Device Type (12; 1 = host-only coherent). Every
 //! other bit is reserved and reads 0.
 //!
 //! # Behaviour
@@ -285,7 +285,7 @@ impl HdmCaps {
 fn decoder_count_enc(count: u8) -> Option<u8> {
     match count {
         1 => Some(0),
-        2..=16 if count % 2 == 0 => Some(count / 2),
+        2..=16 if count.is_multiple_of(2) => Some(count / 2),
         _ => None,
     }
 }
@@ -637,6 +637,9 @@ impl HdmBlock {
     /// Firmware-style programming: writes decoder `index`'s registers (host-only target type,
     /// no lock) and commits it with the same validation as a guest commit.
     ///
+    /// `Ok` means the decoder is now committed, a decoding change for the caller to act on (as
+    /// [`HdmChange::Decoding`] from a register write).
+    ///
     /// On a validation failure the registers stay programmed with Error-Not-Committed set, as
     /// after a failed guest commit. Values the registers cannot represent (unaligned base, size
     /// or skip; a target list of the wrong length or kind) are refused before anything is
@@ -660,7 +663,7 @@ impl HdmBlock {
         if d.committed() {
             return Err(CommitError::AlreadyCommitted(index));
         }
-        if base % HDM_UNIT != 0 || size % HDM_UNIT != 0 {
+        if !base.is_multiple_of(HDM_UNIT) || !size.is_multiple_of(HDM_UNIT) {
             return Err(CommitError::Misaligned);
         }
         let tl = match (kind, targets_or_skip) {
@@ -673,7 +676,7 @@ impl HdmBlock {
                     .fold(0u64, |acc, (i, &b)| acc | u64::from(b) << (8 * i))
             }
             (HdmKind::Endpoint, DecoderTargets::DpaSkip(skip)) => {
-                if skip % HDM_UNIT != 0 {
+                if !skip.is_multiple_of(HDM_UNIT) {
                     return Err(CommitError::Misaligned);
                 }
                 skip
@@ -881,7 +884,7 @@ impl HdmBlock {
         if size == 0 {
             return Err(CommitError::ZeroSize);
         }
-        if base % HDM_UNIT != 0 || size % HDM_UNIT != 0 {
+        if !base.is_multiple_of(HDM_UNIT) || !size.is_multiple_of(HDM_UNIT) {
             return Err(CommitError::Misaligned);
         }
         if base.checked_add(size).is_none() {
@@ -890,13 +893,19 @@ impl HdmBlock {
         let ways = d.ways()?;
         let gran = d.gran()?;
         self.caps.check_interleave(self.kind, ways, gran)?;
-        if size % (HDM_UNIT * u64::from(ways.count())) != 0 {
+        if !size.is_multiple_of(HDM_UNIT * u64::from(ways.count())) {
             return Err(CommitError::SizeNotMultipleOfWays);
         }
         let (targets, dpa_skip, dpa_base) = match self.kind {
             HdmKind::Port => {
                 let tl = d.tl().to_le_bytes();
-                (tl[..ways.count() as usize].to_vec(), 0, 0)
+                let targets = tl
+                    .get(..ways.count() as usize)
+                    .ok_or(CommitError::TooManyWays {
+                        ways: ways.count(),
+                        target_count: self.caps.target_count,
+                    })?;
+                (targets.to_vec(), 0, 0)
             }
             HdmKind::Endpoint => {
                 let skip = d.tl() & !u64::from(!LO_MASK); // bits 27:0 reserved

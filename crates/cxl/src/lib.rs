@@ -8,15 +8,20 @@
 //! - [`graph`]: the decode graph (committed decoder state as data) and HPA routing.
 //! - [`fabric`]: the live components (registers, enables) behind one lock; republishes the graph.
 //! - [`window`]: the fixed-window MMIO dispatcher over the decode graph.
+//! - [`dvsec`]: CXL DVSECs in PCI configuration space.
+//! - [`platform`]: builds the guest-visible platform (backings, fabric, windows, CHBCRs, PCI
+//!   functions, BARs) from a topology.
 //! - [`topology`]: host bridges, devices and windows from TOML or short flags, and their checks.
 #![forbid(unsafe_code)]
 
 pub mod component;
 pub mod devregs;
+pub mod dvsec;
 pub mod fabric;
 pub mod graph;
 pub mod hdm;
 pub mod interleave;
 pub mod mailbox;
+pub mod platform;
 pub mod topology;
 pub mod window;

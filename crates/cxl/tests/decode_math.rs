@@ -51,7 +51,11 @@ fn brute_force_walk_every_ways_and_granularity() {
                 for within in 0..g {
                     let o = off + within;
                     let expect = cursor[dev] + within;
-                    assert_eq!(position(o, ways, gran) as usize, dev, "{ways:?} {gran:?} {o:#x}");
+                    assert_eq!(
+                        position(o, ways, gran) as usize,
+                        dev,
+                        "{ways:?} {gran:?} {o:#x}"
+                    );
                     let d = device_offset(o, ways, gran);
                     assert_eq!(d, expect, "{ways:?} {gran:?} {o:#x}");
                     assert_eq!(host_offset(d, dev as u32, ways, gran), o);
@@ -65,7 +69,10 @@ fn brute_force_walk_every_ways_and_granularity() {
             }
             for (dev, s) in seen.iter().enumerate() {
                 assert_eq!(cursor[dev], share as u64);
-                assert!(s.iter().all(|&b| b), "{ways:?} {gran:?}: device {dev} not dense");
+                assert!(
+                    s.iter().all(|&b| b),
+                    "{ways:?} {gran:?}: device {dev} not dense"
+                );
             }
         }
     }

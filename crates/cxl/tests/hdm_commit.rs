@@ -85,7 +85,12 @@ fn assert_failed(b: &HdmBlock, n: usize, err: CommitError) {
 
 fn assert_committed(b: &HdmBlock, n: usize) {
     let c = r32(b, dec(n, DEC_CTRL));
-    assert_ne!(c & CTRL_COMMITTED, 0, "ctrl {c:#x}, error {:?}", b.last_error(n));
+    assert_ne!(
+        c & CTRL_COMMITTED,
+        0,
+        "ctrl {c:#x}, error {:?}",
+        b.last_error(n)
+    );
     assert_eq!(c & CTRL_ERR_NOT_COMMITTED, 0);
     assert!(b.is_committed(n));
 }
@@ -120,7 +125,10 @@ fn capability_register_encodes_caps() {
     let b = HdmBlock::new(HdmKind::Port, caps);
     assert_eq!(r32(&b, HDM_CAP), 0x5 | 8 << 4 | 1 << 9);
     assert_eq!(b.len(), 0x10 + 0x20 * 10);
-    assert_eq!(HdmBlock::new(HdmKind::Port, HdmCaps::port(1, 1)).len(), 0x30);
+    assert_eq!(
+        HdmBlock::new(HdmKind::Port, HdmCaps::port(1, 1)).len(),
+        0x30
+    );
 }
 
 #[test]
@@ -132,8 +140,14 @@ fn invalid_caps_are_reported_or_normalized() {
     let b = HdmBlock::new(HdmKind::Port, HdmCaps::port(3, 0));
     assert_eq!(b.decoder_count(), 2);
     assert_eq!(b.caps().target_count, 1);
-    assert_eq!(HdmBlock::new(HdmKind::Endpoint, HdmCaps::endpoint(0)).decoder_count(), 1);
-    assert_eq!(HdmBlock::new(HdmKind::Endpoint, HdmCaps::endpoint(99)).decoder_count(), 16);
+    assert_eq!(
+        HdmBlock::new(HdmKind::Endpoint, HdmCaps::endpoint(0)).decoder_count(),
+        1
+    );
+    assert_eq!(
+        HdmBlock::new(HdmKind::Endpoint, HdmCaps::endpoint(99)).decoder_count(),
+        16
+    );
 }
 
 #[test]
@@ -150,7 +164,10 @@ fn capability_register_is_read_only() {
 fn global_control_mask_and_change() {
     let e = env();
     let mut b = endpoint();
-    assert_eq!(w32(&mut b, HDM_GLOBAL_CTRL, 0xFFFF_FFFF, &e), HdmChange::Decoding);
+    assert_eq!(
+        w32(&mut b, HDM_GLOBAL_CTRL, 0xFFFF_FFFF, &e),
+        HdmChange::Decoding
+    );
     assert_eq!(r32(&b, HDM_GLOBAL_CTRL), 0x3);
     assert!(b.global_enable());
     assert_eq!(w32(&mut b, HDM_GLOBAL_CTRL, 0x3, &e), HdmChange::None);
@@ -196,7 +213,12 @@ fn committed_and_error_bits_are_read_only() {
     let e = env();
     let mut b = endpoint();
     assert_eq!(
-        w32(&mut b, dec(0, DEC_CTRL), CTRL_COMMITTED | CTRL_ERR_NOT_COMMITTED, &e),
+        w32(
+            &mut b,
+            dec(0, DEC_CTRL),
+            CTRL_COMMITTED | CTRL_ERR_NOT_COMMITTED,
+            &e
+        ),
         HdmChange::None
     );
     assert_eq!(r32(&b, dec(0, DEC_CTRL)), 0);
@@ -222,10 +244,7 @@ fn linux_style_commit_succeeds() {
     assert!(d[0].host_only);
     assert!(d[0].targets.is_empty());
     // Writing Commit=1 again while committed changes nothing.
-    assert_eq!(
-        w32(&mut b, dec(0, DEC_CTRL), c, &e),
-        HdmChange::None
-    );
+    assert_eq!(w32(&mut b, dec(0, DEC_CTRL), c, &e), HdmChange::None);
 }
 
 #[test]
@@ -262,7 +281,14 @@ fn rule_alignment() {
     let e = env();
     let mut b = endpoint();
     // Register writes cannot express an unaligned base or size: bits 27:0 are reserved.
-    setup(&mut b, 0, WIN + 0x0FFF_F000, GIB | 0x0234_5678, 0x0123_4567, &e);
+    setup(
+        &mut b,
+        0,
+        WIN + 0x0FFF_F000,
+        GIB | 0x0234_5678,
+        0x0123_4567,
+        &e,
+    );
     assert_eq!(r32(&b, dec(0, DEC_BASE_LO)), WIN as u32);
     assert_eq!(r32(&b, dec(0, DEC_SIZE_LO)), GIB as u32);
     assert_eq!(r32(&b, dec(0, DEC_TL_LO)), 0);
@@ -327,7 +353,16 @@ fn rule_commit_in_order() {
     assert_failed(&b, 1, CommitError::OutOfOrder(0));
     commit(&mut b, 0, WIN, GIB, Ways::X1, Granularity::B256, 0, &e);
     assert_committed(&b, 0);
-    commit(&mut b, 2, WIN + GIB, GIB, Ways::X1, Granularity::B256, 0, &e);
+    commit(
+        &mut b,
+        2,
+        WIN + GIB,
+        GIB,
+        Ways::X1,
+        Granularity::B256,
+        0,
+        &e,
+    );
     assert_failed(&b, 2, CommitError::OutOfOrder(1));
     assert_eq!(b.committed().len(), 1);
 }
@@ -336,19 +371,55 @@ fn rule_commit_in_order() {
 fn rule_ascending_without_overlap() {
     let e = env();
     let mut b = port();
-    commit(&mut b, 0, WIN + GIB, GIB, Ways::X1, Granularity::B256, 1, &e);
+    commit(
+        &mut b,
+        0,
+        WIN + GIB,
+        GIB,
+        Ways::X1,
+        Granularity::B256,
+        1,
+        &e,
+    );
     assert_committed(&b, 0);
     // Overlapping the end of decoder 0.
-    commit(&mut b, 1, WIN + GIB + HDM_UNIT, GIB, Ways::X1, Granularity::B256, 1, &e);
+    commit(
+        &mut b,
+        1,
+        WIN + GIB + HDM_UNIT,
+        GIB,
+        Ways::X1,
+        Granularity::B256,
+        1,
+        &e,
+    );
     assert_failed(&b, 1, CommitError::NotAscending(0));
     // Entirely below decoder 0 (no overlap, but not ascending).
     commit(&mut b, 1, WIN, HDM_UNIT, Ways::X1, Granularity::B256, 1, &e);
     assert_failed(&b, 1, CommitError::NotAscending(0));
     // Same range.
-    commit(&mut b, 1, WIN + GIB, GIB, Ways::X1, Granularity::B256, 1, &e);
+    commit(
+        &mut b,
+        1,
+        WIN + GIB,
+        GIB,
+        Ways::X1,
+        Granularity::B256,
+        1,
+        &e,
+    );
     assert_failed(&b, 1, CommitError::NotAscending(0));
     // Directly adjacent is fine.
-    commit(&mut b, 1, WIN + 2 * GIB, GIB, Ways::X1, Granularity::B256, 1, &e);
+    commit(
+        &mut b,
+        1,
+        WIN + 2 * GIB,
+        GIB,
+        Ways::X1,
+        Granularity::B256,
+        1,
+        &e,
+    );
     assert_committed(&b, 1);
 }
 
@@ -391,7 +462,10 @@ fn rule_3_6_12_ways_need_capability() {
         let mut b = HdmBlock::new(HdmKind::Endpoint, HdmCaps::endpoint(1));
         commit(&mut b, 0, WIN, 12 * GIB, ways, Granularity::B256, 0, &e);
         assert_committed(&b, 0);
-        assert_eq!(b.committed()[0].dpa_size(), 12 * GIB / u64::from(ways.count()));
+        assert_eq!(
+            b.committed()[0].dpa_size(),
+            12 * GIB / u64::from(ways.count())
+        );
     }
 }
 
@@ -403,10 +477,28 @@ fn rule_16_ways_need_capability() {
         ..HdmCaps::endpoint(1)
     };
     let mut b = HdmBlock::new(HdmKind::Endpoint, caps);
-    commit(&mut b, 0, WIN, 16 * GIB, Ways::X16, Granularity::B256, 0, &e);
+    commit(
+        &mut b,
+        0,
+        WIN,
+        16 * GIB,
+        Ways::X16,
+        Granularity::B256,
+        0,
+        &e,
+    );
     assert_failed(&b, 0, CommitError::WaysNotSupported(16));
     let mut b = HdmBlock::new(HdmKind::Endpoint, HdmCaps::endpoint(1));
-    commit(&mut b, 0, WIN, 16 * GIB, Ways::X16, Granularity::B256, 0, &e);
+    commit(
+        &mut b,
+        0,
+        WIN,
+        16 * GIB,
+        Ways::X16,
+        Granularity::B256,
+        0,
+        &e,
+    );
     assert_committed(&b, 0);
 }
 
@@ -414,7 +506,16 @@ fn rule_16_ways_need_capability() {
 fn rule_port_ways_within_target_count() {
     let e = env();
     let mut b = HdmBlock::new(HdmKind::Port, HdmCaps::port(2, 2));
-    commit(&mut b, 0, WIN, 4 * GIB, Ways::X4, Granularity::B256, 0x0403_0201, &e);
+    commit(
+        &mut b,
+        0,
+        WIN,
+        4 * GIB,
+        Ways::X4,
+        Granularity::B256,
+        0x0403_0201,
+        &e,
+    );
     assert_failed(
         &b,
         0,
@@ -423,7 +524,16 @@ fn rule_port_ways_within_target_count() {
             target_count: 2,
         },
     );
-    commit(&mut b, 0, WIN, 4 * GIB, Ways::X2, Granularity::B256, 0x0201, &e);
+    commit(
+        &mut b,
+        0,
+        WIN,
+        4 * GIB,
+        Ways::X2,
+        Granularity::B256,
+        0x0201,
+        &e,
+    );
     assert_committed(&b, 0);
 }
 
@@ -521,7 +631,16 @@ fn rule_size_multiple_of_ways_units() {
     // 256 MiB over 2 ways.
     commit(&mut b, 0, WIN, HDM_UNIT, Ways::X2, Granularity::B256, 0, &e);
     assert_failed(&b, 0, CommitError::SizeNotMultipleOfWays);
-    commit(&mut b, 0, WIN, 3 * HDM_UNIT, Ways::X3, Granularity::B256, 0, &e);
+    commit(
+        &mut b,
+        0,
+        WIN,
+        3 * HDM_UNIT,
+        Ways::X3,
+        Granularity::B256,
+        0,
+        &e,
+    );
     assert_committed(&b, 0);
 }
 
@@ -530,10 +649,28 @@ fn rule_port_targets_exist() {
     let e = env();
     let mut b = port();
     // Position 1 names port 0x42, which does not exist.
-    commit(&mut b, 0, WIN, 2 * GIB, Ways::X2, Granularity::B256, 0x4201, &e);
+    commit(
+        &mut b,
+        0,
+        WIN,
+        2 * GIB,
+        Ways::X2,
+        Granularity::B256,
+        0x4201,
+        &e,
+    );
     assert_failed(&b, 0, CommitError::NoSuchTarget(0x42));
     // Entries beyond `ways` are not checked.
-    commit(&mut b, 0, WIN, 2 * GIB, Ways::X2, Granularity::B256, 0xFFFF_0201, &e);
+    commit(
+        &mut b,
+        0,
+        WIN,
+        2 * GIB,
+        Ways::X2,
+        Granularity::B256,
+        0xFFFF_0201,
+        &e,
+    );
     assert_committed(&b, 0);
     assert_eq!(b.committed()[0].targets, vec![1, 2]);
 }
@@ -557,7 +694,16 @@ fn rule_endpoint_dpa_within_capacity() {
     commit(&mut b, 0, WIN, 8 * GIB, Ways::X2, Granularity::B256, 0, &e);
     assert_committed(&b, 0);
     // Skip pushes decoder 1 past the end.
-    commit(&mut b, 1, WIN + 8 * GIB, GIB, Ways::X1, Granularity::B256, 0, &e);
+    commit(
+        &mut b,
+        1,
+        WIN + 8 * GIB,
+        GIB,
+        Ways::X1,
+        Granularity::B256,
+        0,
+        &e,
+    );
     assert!(matches!(
         b.last_error(1),
         Some(CommitError::DpaExceedsCapacity { dpa_base, .. }) if *dpa_base == 4 * GIB
@@ -568,11 +714,38 @@ fn rule_endpoint_dpa_within_capacity() {
 fn rule_range_allowed_by_parent() {
     let e = env();
     let mut b = port();
-    commit(&mut b, 0, WIN - GIB, GIB, Ways::X1, Granularity::B256, 1, &e);
+    commit(
+        &mut b,
+        0,
+        WIN - GIB,
+        GIB,
+        Ways::X1,
+        Granularity::B256,
+        1,
+        &e,
+    );
     assert_failed(&b, 0, CommitError::RangeNotAllowed);
-    commit(&mut b, 0, WIN + WIN_SIZE - GIB, 2 * GIB, Ways::X1, Granularity::B256, 1, &e);
+    commit(
+        &mut b,
+        0,
+        WIN + WIN_SIZE - GIB,
+        2 * GIB,
+        Ways::X1,
+        Granularity::B256,
+        1,
+        &e,
+    );
     assert_failed(&b, 0, CommitError::RangeNotAllowed);
-    commit(&mut b, 0, WIN + WIN_SIZE - GIB, GIB, Ways::X1, Granularity::B256, 1, &e);
+    commit(
+        &mut b,
+        0,
+        WIN + WIN_SIZE - GIB,
+        GIB,
+        Ways::X1,
+        Granularity::B256,
+        1,
+        &e,
+    );
     assert_committed(&b, 0);
 }
 
@@ -598,8 +771,14 @@ fn error_cleared_by_commit_zero_and_retry_revalidates() {
     let mut b = endpoint();
     commit(&mut b, 0, WIN, 0, Ways::X1, Granularity::B256, 0, &e);
     let c = r32(&b, dec(0, DEC_CTRL));
-    assert_eq!(w32(&mut b, dec(0, DEC_CTRL), c & !CTRL_COMMIT, &e), HdmChange::None);
-    assert_eq!(r32(&b, dec(0, DEC_CTRL)) & (CTRL_COMMIT | CTRL_ERR_NOT_COMMITTED), 0);
+    assert_eq!(
+        w32(&mut b, dec(0, DEC_CTRL), c & !CTRL_COMMIT, &e),
+        HdmChange::None
+    );
+    assert_eq!(
+        r32(&b, dec(0, DEC_CTRL)) & (CTRL_COMMIT | CTRL_ERR_NOT_COMMITTED),
+        0
+    );
     assert_eq!(b.last_error(0), None);
 }
 
@@ -607,18 +786,42 @@ fn error_cleared_by_commit_zero_and_retry_revalidates() {
 fn committed_decoder_ignores_configuration_writes() {
     let e = env();
     let mut b = port();
-    commit(&mut b, 0, WIN, 2 * GIB, Ways::X2, Granularity::B256, 0x0201, &e);
+    commit(
+        &mut b,
+        0,
+        WIN,
+        2 * GIB,
+        Ways::X2,
+        Granularity::B256,
+        0x0201,
+        &e,
+    );
     let before: Vec<u32> = (0..8).map(|i| r32(&b, dec(0, 4 * i))).collect();
-    for reg in [DEC_BASE_LO, DEC_BASE_HI, DEC_SIZE_LO, DEC_SIZE_HI, DEC_TL_LO, DEC_TL_HI] {
+    for reg in [
+        DEC_BASE_LO,
+        DEC_BASE_HI,
+        DEC_SIZE_LO,
+        DEC_SIZE_HI,
+        DEC_TL_LO,
+        DEC_TL_HI,
+    ] {
         assert_eq!(w32(&mut b, dec(0, reg), 0x5A5A_5A5A, &e), HdmChange::None);
     }
     // Control with Commit still set but other configuration changed.
     let c = before[4];
     assert_eq!(
-        w32(&mut b, dec(0, DEC_CTRL), (c & !0xFF) | 0x13 | CTRL_LOCK_ON_COMMIT, &e),
+        w32(
+            &mut b,
+            dec(0, DEC_CTRL),
+            (c & !0xFF) | 0x13 | CTRL_LOCK_ON_COMMIT,
+            &e
+        ),
         HdmChange::None
     );
-    assert_eq!(w32(&mut b, dec(0, DEC_CTRL), c & !CTRL_HOST_ONLY, &e), HdmChange::None);
+    assert_eq!(
+        w32(&mut b, dec(0, DEC_CTRL), c & !CTRL_HOST_ONLY, &e),
+        HdmChange::None
+    );
     let after: Vec<u32> = (0..8).map(|i| r32(&b, dec(0, 4 * i))).collect();
     assert_eq!(before, after);
     assert_eq!(b.committed()[0].targets, vec![1, 2]);
@@ -629,7 +832,10 @@ fn uncommit_clears_committed_and_reports_change() {
     let e = env();
     let mut b = endpoint();
     let (_, c) = commit(&mut b, 0, WIN, GIB, Ways::X1, Granularity::B256, 0, &e);
-    assert_eq!(w32(&mut b, dec(0, DEC_CTRL), c & !CTRL_COMMIT, &e), HdmChange::Decoding);
+    assert_eq!(
+        w32(&mut b, dec(0, DEC_CTRL), c & !CTRL_COMMIT, &e),
+        HdmChange::Decoding
+    );
     assert_eq!(r32(&b, dec(0, DEC_CTRL)), 0x1000);
     assert!(b.committed().is_empty());
     // Linux then zeroes size and base: now writable again.
@@ -644,12 +850,30 @@ fn uncommit_below_a_committed_decoder_is_ignored() {
     let e = env();
     let mut b = endpoint();
     let (_, c0) = commit(&mut b, 0, WIN, GIB, Ways::X1, Granularity::B256, 0, &e);
-    let (_, c1) = commit(&mut b, 1, WIN + GIB, GIB, Ways::X1, Granularity::B256, 0, &e);
-    assert_eq!(w32(&mut b, dec(0, DEC_CTRL), c0 & !CTRL_COMMIT, &e), HdmChange::None);
+    let (_, c1) = commit(
+        &mut b,
+        1,
+        WIN + GIB,
+        GIB,
+        Ways::X1,
+        Granularity::B256,
+        0,
+        &e,
+    );
+    assert_eq!(
+        w32(&mut b, dec(0, DEC_CTRL), c0 & !CTRL_COMMIT, &e),
+        HdmChange::None
+    );
     assert_committed(&b, 0);
     // Top-down release works.
-    assert_eq!(w32(&mut b, dec(1, DEC_CTRL), c1 & !CTRL_COMMIT, &e), HdmChange::Decoding);
-    assert_eq!(w32(&mut b, dec(0, DEC_CTRL), c0 & !CTRL_COMMIT, &e), HdmChange::Decoding);
+    assert_eq!(
+        w32(&mut b, dec(1, DEC_CTRL), c1 & !CTRL_COMMIT, &e),
+        HdmChange::Decoding
+    );
+    assert_eq!(
+        w32(&mut b, dec(0, DEC_CTRL), c0 & !CTRL_COMMIT, &e),
+        HdmChange::Decoding
+    );
     assert!(b.committed().is_empty());
 }
 
@@ -675,7 +899,16 @@ fn lock_on_commit_ignores_all_writes_until_reset() {
     assert!(b.committed().is_empty());
     assert_eq!(r32(&b, dec(0, DEC_CTRL)), 0);
     // Writable again after reset.
-    commit(&mut b, 0, WIN + GIB, GIB, Ways::X1, Granularity::B256, 0, &e);
+    commit(
+        &mut b,
+        0,
+        WIN + GIB,
+        GIB,
+        Ways::X1,
+        Granularity::B256,
+        0,
+        &e,
+    );
     assert_committed(&b, 0);
 }
 
@@ -685,7 +918,10 @@ fn lock_set_after_commit_does_not_lock() {
     let mut b = endpoint();
     let (_, c) = commit(&mut b, 0, WIN, GIB, Ways::X1, Granularity::B256, 0, &e);
     w32(&mut b, dec(0, DEC_CTRL), c | CTRL_LOCK_ON_COMMIT, &e);
-    assert_eq!(w32(&mut b, dec(0, DEC_CTRL), c & !CTRL_COMMIT, &e), HdmChange::Decoding);
+    assert_eq!(
+        w32(&mut b, dec(0, DEC_CTRL), c & !CTRL_COMMIT, &e),
+        HdmChange::Decoding
+    );
 }
 
 #[test]
@@ -712,7 +948,16 @@ fn endpoint_dpa_accounting_with_skip_across_two_decoders() {
     };
     let mut b = endpoint();
     // Decoder 0: skip 256 MiB, 2 GiB over 2 ways -> DPA [256 MiB, 1.25 GiB).
-    commit(&mut b, 0, WIN, 2 * GIB, Ways::X2, Granularity::K1, HDM_UNIT, &e);
+    commit(
+        &mut b,
+        0,
+        WIN,
+        2 * GIB,
+        Ways::X2,
+        Granularity::K1,
+        HDM_UNIT,
+        &e,
+    );
     // Decoder 1: skip 512 MiB, 3 GiB over 3 ways -> DPA [1.75 GiB, 2.75 GiB).
     commit(
         &mut b,
@@ -735,9 +980,30 @@ fn endpoint_dpa_accounting_with_skip_across_two_decoders() {
     // Decoder 2 with a skip that would end exactly at the capacity commits; one unit more fails.
     let used = d[1].dpa_base + d[1].dpa_size();
     let skip = 8 * GIB - used - GIB;
-    commit(&mut b, 2, WIN + 8 * GIB, 2 * GIB, Ways::X2, Granularity::B256, skip + HDM_UNIT, &e);
-    assert!(matches!(b.last_error(2), Some(CommitError::DpaExceedsCapacity { .. })));
-    commit(&mut b, 2, WIN + 8 * GIB, 2 * GIB, Ways::X2, Granularity::B256, skip, &e);
+    commit(
+        &mut b,
+        2,
+        WIN + 8 * GIB,
+        2 * GIB,
+        Ways::X2,
+        Granularity::B256,
+        skip + HDM_UNIT,
+        &e,
+    );
+    assert!(matches!(
+        b.last_error(2),
+        Some(CommitError::DpaExceedsCapacity { .. })
+    ));
+    commit(
+        &mut b,
+        2,
+        WIN + 8 * GIB,
+        2 * GIB,
+        Ways::X2,
+        Granularity::B256,
+        skip,
+        &e,
+    );
     assert_committed(&b, 2);
     assert_eq!(b.committed()[2].dpa_base + GIB, 8 * GIB);
 }
@@ -747,7 +1013,15 @@ fn firmware_program_commits_and_validates() {
     let e = env();
     let mut p = port();
     assert_eq!(
-        p.program(0, WIN, 2 * GIB, Ways::X2, Granularity::K4, DecoderTargets::Ports(&[3, 4]), &e),
+        p.program(
+            0,
+            WIN,
+            2 * GIB,
+            Ways::X2,
+            Granularity::K4,
+            DecoderTargets::Ports(&[3, 4]),
+            &e
+        ),
         Ok(())
     );
     let d = p.committed();
@@ -756,11 +1030,27 @@ fn firmware_program_commits_and_validates() {
     assert!(d[0].host_only);
     assert_eq!(r32(&p, dec(0, DEC_TL_LO)), 0x0403);
     assert_eq!(
-        p.program(0, WIN, GIB, Ways::X1, Granularity::B256, DecoderTargets::Ports(&[1]), &e),
+        p.program(
+            0,
+            WIN,
+            GIB,
+            Ways::X1,
+            Granularity::B256,
+            DecoderTargets::Ports(&[1]),
+            &e
+        ),
         Err(CommitError::AlreadyCommitted(0))
     );
     assert_eq!(
-        p.program(9, WIN, GIB, Ways::X1, Granularity::B256, DecoderTargets::Ports(&[1]), &e),
+        p.program(
+            9,
+            WIN,
+            GIB,
+            Ways::X1,
+            Granularity::B256,
+            DecoderTargets::Ports(&[1]),
+            &e
+        ),
         Err(CommitError::NoSuchDecoder(9))
     );
     for bad in [
@@ -776,28 +1066,68 @@ fn firmware_program_commits_and_validates() {
     // 12 ports never fit the 8-entry list.
     let twelve = [1u8; 12];
     assert_eq!(
-        p.program(1, WIN + 3 * GIB, 3 * GIB, Ways::X12, Granularity::B256, DecoderTargets::Ports(&twelve), &e),
+        p.program(
+            1,
+            WIN + 3 * GIB,
+            3 * GIB,
+            Ways::X12,
+            Granularity::B256,
+            DecoderTargets::Ports(&twelve),
+            &e
+        ),
         Err(CommitError::TargetsMismatch)
     );
     // A validation failure leaves the registers programmed with Error-Not-Committed.
     assert_eq!(
-        p.program(1, WIN + 2 * GIB, GIB, Ways::X1, Granularity::B256, DecoderTargets::Ports(&[99]), &e),
+        p.program(
+            1,
+            WIN + 2 * GIB,
+            GIB,
+            Ways::X1,
+            Granularity::B256,
+            DecoderTargets::Ports(&[99]),
+            &e
+        ),
         Err(CommitError::NoSuchTarget(99))
     );
     assert_failed(&p, 1, CommitError::NoSuchTarget(99));
 
     let mut ep = endpoint();
     assert_eq!(
-        ep.program(0, WIN, GIB, Ways::X1, Granularity::B256, DecoderTargets::DpaSkip(HDM_UNIT), &e),
+        ep.program(
+            0,
+            WIN,
+            GIB,
+            Ways::X1,
+            Granularity::B256,
+            DecoderTargets::DpaSkip(HDM_UNIT),
+            &e
+        ),
         Ok(())
     );
     assert_eq!(ep.committed()[0].dpa_base, HDM_UNIT);
     assert_eq!(
-        ep.program(1, WIN + GIB, GIB, Ways::X1, Granularity::B256, DecoderTargets::Ports(&[1]), &e),
+        ep.program(
+            1,
+            WIN + GIB,
+            GIB,
+            Ways::X1,
+            Granularity::B256,
+            DecoderTargets::Ports(&[1]),
+            &e
+        ),
         Err(CommitError::TargetsMismatch)
     );
     assert_eq!(
-        ep.program(2, WIN + GIB, GIB, Ways::X1, Granularity::B256, DecoderTargets::DpaSkip(0), &e),
+        ep.program(
+            2,
+            WIN + GIB,
+            GIB,
+            Ways::X1,
+            Granularity::B256,
+            DecoderTargets::DpaSkip(0),
+            &e
+        ),
         Err(CommitError::OutOfOrder(1))
     );
 }
@@ -814,7 +1144,10 @@ fn byte_and_qword_accesses() {
     assert_eq!(u64::from_le_bytes(q), WIN);
     // Byte 0 of Control: IG/IW; byte 1: Commit + host-only.
     b.write(dec(0, DEC_CTRL), &[0x00], &e);
-    assert_eq!(b.write(dec(0, DEC_CTRL) + 1, &[0x12], &e), HdmChange::Decoding);
+    assert_eq!(
+        b.write(dec(0, DEC_CTRL) + 1, &[0x12], &e),
+        HdmChange::Decoding
+    );
     assert_committed(&b, 0);
     let mut one = [0u8; 1];
     b.read(dec(0, DEC_CTRL) + 1, &mut one);

@@ -179,7 +179,15 @@ fn hdm_programming_end_to_end() {
     assert!(c.hdm().unwrap().committed().is_empty());
     c.hdm_mut()
         .unwrap()
-        .program(0, WIN, GIB, Ways::X1, Granularity::B256, DecoderTargets::DpaSkip(0), &e)
+        .program(
+            0,
+            WIN,
+            GIB,
+            Ways::X1,
+            Granularity::B256,
+            DecoderTargets::DpaSkip(0),
+            &e,
+        )
         .unwrap();
     assert_ne!(r32(&c, d0 + 0x10) & CTRL_COMMITTED, 0);
     c.reset();

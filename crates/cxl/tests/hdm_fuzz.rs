@@ -77,7 +77,11 @@ fn check_invariants(b: &HdmBlock, e: &StaticEnv) {
         let mut ctrl = [0u8; 4];
         b.read(0x20 + 0x20 * n, &mut ctrl);
         let committed = u32::from_le_bytes(ctrl) & CTRL_COMMITTED != 0;
-        assert_eq!(committed, n < c.len(), "Committed bit agrees with committed()");
+        assert_eq!(
+            committed,
+            n < c.len(),
+            "Committed bit agrees with committed()"
+        );
         assert_eq!(b.is_committed(n), committed);
     }
 }
@@ -112,7 +116,11 @@ fn value(rng: &mut Rng, reg: usize) -> u32 {
             for i in 0..4 {
                 v |= u32::from(ports[rng.below(6) as usize]) << (8 * i);
             }
-            if rng.chance(50) { v } else { (rng.below(8) as u32) << 28 }
+            if rng.chance(50) {
+                v
+            } else {
+                (rng.below(8) as u32) << 28
+            }
         }
         0x18 => {
             if rng.chance(80) {
@@ -130,7 +138,8 @@ fn run(kind: HdmKind, caps: HdmCaps, seed: u64, ops: usize) {
     let mut rng = Rng(seed);
     let mut b = HdmBlock::new(kind, caps);
     let len = b.len();
-    let state = |b: &HdmBlock| -> (Vec<CommittedDecoder>, bool) { (b.committed(), b.global_enable()) };
+    let state =
+        |b: &HdmBlock| -> (Vec<CommittedDecoder>, bool) { (b.committed(), b.global_enable()) };
     let mut committed_seen = 0usize;
     for _ in 0..ops {
         let before = state(&b);
@@ -141,14 +150,20 @@ fn run(kind: HdmKind, caps: HdmCaps, seed: u64, ops: usize) {
             // A coherent Linux-style programming sequence through the registers, usually on
             // the next free decoder, usually above the highest committed range.
             let c = b.committed();
-            let n = if rng.chance(80) { c.len() } else { rng.below(b.decoder_count() as u64) as usize };
+            let n = if rng.chance(80) {
+                c.len()
+            } else {
+                rng.below(b.decoder_count() as u64) as usize
+            };
             let ways = [Ways::X1, Ways::X2, Ways::X4, Ways::X3][rng.below(4) as usize];
             let gran = Granularity::ALL[rng.below(7) as usize];
             let start = c.last().map_or(WIN, |d| d.base + d.size);
             let base = start + rng.below(3) * HDM_UNIT;
             let size = u64::from(ways.count()) * HDM_UNIT * (1 + rng.below(3));
             let tl: u64 = match kind {
-                HdmKind::Port => (0..4).fold(0, |acc, i| acc | u64::from([0u8, 1, 2, 5, 7][rng.below(5) as usize]) << (8 * i)),
+                HdmKind::Port => (0..4).fold(0, |acc, i| {
+                    acc | u64::from([0u8, 1, 2, 5, 7][rng.below(5) as usize]) << (8 * i)
+                }),
                 HdmKind::Endpoint => rng.below(2) * HDM_UNIT,
             };
             let regs = [
@@ -170,7 +185,9 @@ fn run(kind: HdmKind, caps: HdmCaps, seed: u64, ops: usize) {
             let gran = Granularity::ALL[rng.below(7) as usize];
             let base = WIN + rng.below(80) * HDM_UNIT;
             let size = rng.below(24) * HDM_UNIT;
-            let ports: Vec<u8> = (0..ways.count()).map(|_| [0u8, 1, 2, 5, 7][rng.below(5) as usize]).collect();
+            let ports: Vec<u8> = (0..ways.count())
+                .map(|_| [0u8, 1, 2, 5, 7][rng.below(5) as usize])
+                .collect();
             let t = match kind {
                 HdmKind::Port => DecoderTargets::Ports(&ports),
                 HdmKind::Endpoint => DecoderTargets::DpaSkip(rng.below(3) * HDM_UNIT),
@@ -181,7 +198,11 @@ fn run(kind: HdmKind, caps: HdmCaps, seed: u64, ops: usize) {
             let (off, data): (usize, Vec<u8>) = if rng.chance(85) {
                 let n = rng.below(b.decoder_count() as u64) as usize;
                 let reg = 4 * rng.below(8) as usize;
-                let off = if rng.chance(3) { 0x04 } else { 0x10 + 0x20 * n + reg };
+                let off = if rng.chance(3) {
+                    0x04
+                } else {
+                    0x10 + 0x20 * n + reg
+                };
                 (off, value(&mut rng, reg).to_le_bytes().to_vec())
             } else {
                 let size = [1usize, 2, 4, 8, 3][rng.below(5) as usize];
@@ -211,7 +232,12 @@ fn run(kind: HdmKind, caps: HdmCaps, seed: u64, ops: usize) {
 #[test]
 fn random_endpoint_writes_keep_invariants() {
     for seed in 1..=4u64 {
-        run(HdmKind::Endpoint, HdmCaps::endpoint(4), seed * 0x9E37_79B9, 10_000);
+        run(
+            HdmKind::Endpoint,
+            HdmCaps::endpoint(4),
+            seed * 0x9E37_79B9,
+            10_000,
+        );
     }
     let caps = HdmCaps {
         a11to8: false,
@@ -224,7 +250,12 @@ fn random_endpoint_writes_keep_invariants() {
 #[test]
 fn random_port_writes_keep_invariants() {
     for seed in 1..=4u64 {
-        run(HdmKind::Port, HdmCaps::port(4, 4), seed * 0x5851_F42D, 10_000);
+        run(
+            HdmKind::Port,
+            HdmCaps::port(4, 4),
+            seed * 0x5851_F42D,
+            10_000,
+        );
     }
     let caps = HdmCaps {
         ways_3_6_12: true,
@@ -238,7 +269,13 @@ fn random_bytes_anywhere_never_panic() {
     let e = env();
     let mut rng = Rng(0xC0FF_EE00_D15E_A5E5);
     for kind in [HdmKind::Endpoint, HdmKind::Port] {
-        let mut b = HdmBlock::new(kind, HdmCaps { target_count: 8, ..HdmCaps::endpoint(16) });
+        let mut b = HdmBlock::new(
+            kind,
+            HdmCaps {
+                target_count: 8,
+                ..HdmCaps::endpoint(16)
+            },
+        );
         for _ in 0..10_000 {
             let size = rng.below(9) as usize;
             let off = match rng.below(3) {

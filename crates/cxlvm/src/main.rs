@@ -58,27 +58,50 @@ struct RunArgs {
     /// KVM device.
     #[arg(long, default_value = "/dev/kvm", value_name = "PATH")]
     kvm: String,
+    /// CXL topology file (TOML: [[host_bridge]], [[device]], [[window]]; see docs/cxl.md).
+    #[arg(long, value_name = "TOML", conflicts_with = "cxl_devices")]
+    config: Option<PathBuf>,
+    /// Short form: one window over one host bridge with this many root ports, each holding a
+    /// volatile Type-3 device of --cxl-size.
+    #[arg(long, value_name = "N")]
+    cxl_devices: Option<u8>,
+    /// Capacity of each --cxl-devices device (multiple of 256M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    cxl_size: u64,
+    /// Host-bridge interleave granularity of the --cxl-devices window (256 B - 16 KiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "4K")]
+    cxl_granularity: u64,
+    /// --cxl-devices 1 only: a passthrough host bridge (no HDM decoders).
+    #[arg(long)]
+    cxl_passthrough: bool,
+}
+
+/// The CXL topology from --config or the short flags; `Err` is the one-line user error.
+fn topology(args: &RunArgs) -> Result<Option<cxlvm_cxl::topology::Topology>, String> {
+    use cxlvm_cxl::topology::Topology;
+    if let Some(p) = &args.config {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| format!("cannot read topology file {}: {e}", p.display()))?;
+        return Topology::from_toml(&text)
+            .map(Some)
+            .map_err(|e| format!("topology file {}: {e}", p.display()));
+    }
+    match args.cxl_devices {
+        Some(0) => Err("--cxl-devices 0: need at least one device".into()),
+        Some(n) => Ok(Some(Topology::simple(
+            n,
+            args.cxl_size,
+            args.cxl_granularity,
+            args.cxl_passthrough,
+        ))),
+        None if args.cxl_passthrough => Err("--cxl-passthrough needs --cxl-devices 1".into()),
+        None => Ok(None),
+    }
 }
 
 /// Parses sizes like `4096`, `0x1000`, `64K`, `64M`, `2G`, `1T` (also `KiB`/`MiB`/`GiB`/`TiB`).
 fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let err = || format!("'{s}' is not a size (examples: 4096, 0x1000, 64M, 2G)");
-    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        return u64::from_str_radix(hex, 16).map_err(|_| err());
-    }
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits_end);
-    let n: u64 = num.parse().map_err(|_| err())?;
-    let shift = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => return Err(err()),
-    };
-    n.checked_mul(1u64 << shift).ok_or_else(err)
+    cxlvm_cxl::topology::parse_size(s)
 }
 
 fn init_logging(verbose: u8) {
@@ -105,7 +128,15 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
         }
         None => None,
     };
+    let cxl = match topology(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cxlvm: {e}");
+            return Ok(2);
+        }
+    };
     let cfg = MachineConfig {
+        cxl,
         memory: args.memory,
         vcpus: args.vcpus,
         cmdline: args.cmdline,

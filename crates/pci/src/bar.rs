@@ -11,8 +11,12 @@
 //!
 //! After every configuration write the owning function works out where each BAR should decode:
 //! nowhere unless Command.MEM (bit 1) is set, the programmed address is non-zero and the BAR is
-//! not in the middle of being sized (all writable address bits of the low dword set, or for a
-//! 64-bit BAR an all-ones upper dword). When that changes, one memory transaction unplaces the
+//! not being sized. A 32-bit BAR is being sized when all its address bits are set (it reads back
+//! its size mask; so a 32-bit BAR never decodes at 4 GiB minus its size); a 64-bit BAR when its
+//! upper dword reads back the upper size mask (all-ones below 4 GiB of size: addresses no
+//! address space reaches). The transient state of a 64-bit BAR whose low dword alone was written
+//! with all-ones is decoded like any other address; operating systems clear Command.MEM while
+//! they size BARs. When that changes, one memory transaction unplaces the
 //! region and places it in the root container at the new address with [`BAR_PRIORITY`] (above
 //! RAM and holes), and the change is logged at info level as `BAR n of <name> -> [a, b)`. If the
 //! commit fails (two BARs on top of each other at the same priority, an address outside the
@@ -145,12 +149,13 @@ impl BarSlot {
         let off = bar_offset(self.index);
         let mask = self.spec.address_mask();
         let lo = cfg.u32(off) & !0xf;
-        let mask_lo = mask as u32;
-        if mask_lo != 0 && lo == mask_lo {
-            return None; // being sized
-        }
         let hi = match self.spec.width {
-            BarWidth::Bits32 => 0,
+            BarWidth::Bits32 => {
+                if lo == mask as u32 {
+                    return None; // being sized
+                }
+                0
+            }
             BarWidth::Bits64 => {
                 let hi = cfg.u32(off + 4);
                 if hi == (mask >> 32) as u32 {

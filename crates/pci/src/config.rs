@@ -97,7 +97,10 @@ impl std::fmt::Debug for ConfigSpace {
             .field("vendor", &format_args!("{:#06x}", self.u16(VENDOR_ID)))
             .field("device", &format_args!("{:#06x}", self.u16(DEVICE_ID)))
             .field("class", &format_args!("{:#08x}", self.class_code()))
-            .field("header_type", &format_args!("{:#04x}", self.u8(HEADER_TYPE)))
+            .field(
+                "header_type",
+                &format_args!("{:#04x}", self.u8(HEADER_TYPE)),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -151,19 +154,22 @@ impl ConfigSpace {
     /// A type 1 (PCI-to-PCI bridge) header, class code usually `0x060400`. On top of the common
     /// fields: bus numbers, I/O base/limit (16-bit I/O), memory base/limit, prefetchable
     /// base/limit (64-bit, with the upper dwords) and bridge control are writable; secondary
-    /// status error bits are write-1-to-clear.
+    /// status error bits are write-1-to-clear. The windows start closed (base above limit).
     pub fn new_type1(vendor: u16, device: u16, class_code: u32, revision: u8) -> Self {
         let mut c = Self::new_common(vendor, device, class_code, revision, HEADER_TYPE_BRIDGE);
         for reg in [PRIMARY_BUS, SECONDARY_BUS, SUBORDINATE_BUS] {
             c.set_wmask_u8(reg, 0xff);
         }
+        // Windows start closed (base above limit) until firmware or the guest opens them.
+        c.set_u8(IO_BASE, 0xf0);
         c.set_wmask_u8(IO_BASE, 0xf0);
         c.set_wmask_u8(IO_LIMIT, 0xf0);
         c.set_w1c_u16(SECONDARY_STATUS, STATUS_W1C);
+        c.set_u16(MEMORY_BASE, 0xfff0);
         c.set_wmask_u16(MEMORY_BASE, 0xfff0);
         c.set_wmask_u16(MEMORY_LIMIT, 0xfff0);
         // Low nibble 1: 64-bit prefetchable window.
-        c.set_u16(PREF_MEMORY_BASE, 0x0001);
+        c.set_u16(PREF_MEMORY_BASE, 0xfff1);
         c.set_u16(PREF_MEMORY_LIMIT, 0x0001);
         c.set_wmask_u16(PREF_MEMORY_BASE, 0xfff0);
         c.set_wmask_u16(PREF_MEMORY_LIMIT, 0xfff0);
@@ -325,7 +331,11 @@ impl ConfigSpace {
         let start = usize::from(offset);
         let end = start + bytes.len();
         if end > CONFIG_SPACE_SIZE {
-            warn!(offset, len = bytes.len(), "config space {what} past the end dropped");
+            warn!(
+                offset,
+                len = bytes.len(),
+                "config space {what} past the end dropped"
+            );
         }
         if let Some(dst) = buf.get_mut(start..end.min(CONFIG_SPACE_SIZE)) {
             let n = dst.len();

@@ -17,7 +17,7 @@
 //! split into two 4-byte ones, and pieces never cross a function's 4 KiB.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use cxlvm_memory::MmioHandler;
 use tracing::{debug, warn};
@@ -133,7 +133,9 @@ impl PciSegment {
             .collect()
     }
 
-    /// Attaches `function` at `devfn` (see [`devfn`]) on root bus `bus`.
+    /// Attaches `function` at `devfn` (see [`devfn`]) on root bus `bus`. Guests only scan
+    /// functions 1-7 of a device when its function 0 has the multi-function bit (header type
+    /// bit 7) set.
     pub fn attach(
         &self,
         bus: u8,
@@ -275,7 +277,9 @@ fn enumerate(
     }
     let subordinate = (next - 1) as u8;
     write_bus_numbers(f, primary, secondary, subordinate);
-    debug!("bridge on bus {primary:#04x}: secondary {secondary:#04x}, subordinate {subordinate:#04x}");
+    debug!(
+        "bridge on bus {primary:#04x}: secondary {secondary:#04x}, subordinate {subordinate:#04x}"
+    );
     Ok(next)
 }
 
@@ -291,7 +295,12 @@ fn write_bus_numbers(f: &dyn PciFunction, primary: u8, secondary: u8, subordinat
 impl PciSegment {
     /// Splits an ECAM access into pieces that stay inside one function's 4 KiB and are at most
     /// 4 bytes when the access is 8 bytes; calls `f(bus, devfn, register, span)` for each.
-    fn pieces(&self, offset: u64, len: usize, mut f: impl FnMut(u8, u8, u16, std::ops::Range<usize>)) {
+    fn pieces(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(u8, u8, u16, std::ops::Range<usize>),
+    ) {
         let max = if len == 8 { 4 } else { len.max(1) };
         let mut done = 0;
         while done < len {

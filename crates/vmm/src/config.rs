@@ -38,6 +38,8 @@ pub struct MachineConfig {
     pub kvm_path: String,
     /// When cxlvm started (for start-up timing); defaults to when the machine is built.
     pub started: Option<Instant>,
+    /// CXL topology (host bridges, Type-3 devices, fixed windows).
+    pub cxl: Option<cxlvm_cxl::topology::Topology>,
 }
 
 impl MachineConfig {
@@ -53,6 +55,7 @@ impl MachineConfig {
             timeout: None,
             kvm_path: "/dev/kvm".into(),
             started: None,
+            cxl: None,
         }
     }
 }
@@ -110,6 +113,9 @@ pub enum ConfigError {
     /// Bad scratch window size.
     #[error("--scratch-window {0:#x}: must be a non-zero multiple of 2 MiB up to 64 GiB")]
     ScratchWindow(u64),
+    /// The CXL topology is wrong (the message names the item).
+    #[error("CXL topology: {0}")]
+    Topology(String),
     /// Serial file cannot be created.
     #[error("cannot create serial output file {path}: {source}")]
     SerialFile {

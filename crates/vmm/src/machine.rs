@@ -14,7 +14,77 @@ use cxlvm_x86::{cpu, elf, paging};
 use tracing::{debug, info};
 
 use crate::VmmError;
+use cxlvm_cxl::platform::{self, CxlPlatform, PlatformLayout};
+use cxlvm_cxl::topology::AddressLimits;
+
 use crate::config::{ConfigError, MachineConfig, SerialOut};
+
+/// Where the CXL platform's fixed ranges go.
+const CXL_LAYOUT: PlatformLayout = PlatformLayout {
+    ecam_base: layout::ECAM_BASE,
+    chbcr_base: layout::CHBCR_BASE,
+    aperture_base: layout::PCI_APERTURE_BASE,
+    aperture_size: layout::PCI_APERTURE_SIZE,
+};
+
+/// Adds the CXL platform's entries (docs/guest-abi.md kinds 4-8) to the boot info device table.
+fn cxl_boot_devices(c: &CxlPlatform, devices: &mut Vec<Device>) {
+    let (ecam, ecam_size) = c.ecam;
+    devices.push(Device {
+        kind: bootinfo::dev_kind::ECAM,
+        flags: ((ecam_size >> 20).saturating_sub(1) as u32) << 8,
+        base: ecam,
+        size: ecam_size,
+        port: 0,
+    });
+    for h in &c.host_bridges {
+        devices.push(Device {
+            kind: bootinfo::dev_kind::CXL_HOST_BRIDGE,
+            flags: h.uid,
+            base: h.chbcr,
+            size: platform::COMPONENT_SIZE,
+            port: u64::from(h.root_bus)
+                | u64::from(h.root_ports) << 8
+                | u64::from(h.passthrough) << 16,
+        });
+    }
+    for w in &c.windows {
+        let uids = |r: std::ops::Range<usize>| {
+            w.target_uids
+                .get(r)
+                .unwrap_or(&[])
+                .iter()
+                .enumerate()
+                .fold(0u64, |acc, (i, &u)| acc | u64::from(u as u8) << (8 * i))
+        };
+        devices.push(Device {
+            kind: bootinfo::dev_kind::CXL_WINDOW,
+            flags: u32::from(w.ways_enc)
+                | u32::from(w.gran_enc) << 4
+                | u32::from(w.arithmetic) << 8
+                | (w.target_uids.len() as u32) << 16,
+            base: w.base,
+            size: w.size,
+            port: uids(0..w.target_uids.len().min(8)),
+        });
+        if w.target_uids.len() > 8 {
+            devices.push(Device {
+                kind: bootinfo::dev_kind::CXL_WINDOW_TARGETS,
+                flags: 0,
+                base: w.base,
+                size: w.size,
+                port: uids(8..w.target_uids.len()),
+            });
+        }
+    }
+    devices.push(Device {
+        kind: bootinfo::dev_kind::PCI_APERTURE,
+        flags: 0,
+        base: c.aperture.0,
+        size: c.aperture.1,
+        port: 0,
+    });
+}
 
 /// A built machine, ready to run.
 pub struct Machine {
@@ -30,6 +100,7 @@ pub struct Machine {
     pub(crate) ram: Arc<RamBacking>,
     pub(crate) started: Instant,
     pub(crate) timeout: Option<std::time::Duration>,
+    pub(crate) cxl: Option<CxlPlatform>,
     // Keeps the VM alive as long as the machine.
     pub(crate) _vm: cxlvm_kvm::Vm,
 }
@@ -75,6 +146,20 @@ impl Machine {
         if let Some(s) = cfg.scratch_window {
             mapped.push((layout::SCRATCH_WINDOW_BASE, s));
         }
+        let mut topo = cfg.cxl;
+        if let Some(t) = topo.as_mut() {
+            let limits = AddressLimits {
+                reserved: mapped
+                    .iter()
+                    .map(|&(b, s)| (b, b + s, format!("platform range [{b:#x}, {:#x})", b + s)))
+                    .collect(),
+                window_min: layout::CXL_WINDOW_MIN,
+                window_max: layout::CXL_WINDOW_MAX,
+            };
+            t.validate(&limits)
+                .map_err(|e| ConfigError::Topology(e.to_string()))?;
+            mapped.extend(platform::planned_ranges(t, &CXL_LAYOUT));
+        }
         let pt_size = paging::size_for(&mapped).map_err(|e| VmmError::Device(e.to_string()))?;
         let top = layout::top_of_ram(low_end, pt_size, cfg.vcpus, layout::STACK_SIZE);
         let fits = |t: &layout::TopOfRam| {
@@ -95,6 +180,12 @@ impl Machine {
             }
         };
         let serial = serial_writer(cfg.serial)?;
+        let cxl_files = match &topo {
+            Some(t) => {
+                Some(CxlPlatform::open_files(t).map_err(|e| ConfigError::Topology(e.to_string()))?)
+            }
+            None => None,
+        };
 
         // KVM and memory.
         let hv = Hypervisor::open(&cfg.kvm_path)?;
@@ -130,6 +221,19 @@ impl Machine {
                     .map_err(|e| VmmError::Device(e.to_string()))?,
             ),
             None => None,
+        };
+
+        let cxl = match (&topo, cxl_files) {
+            (Some(t), Some(files)) => Some(
+                CxlPlatform::build(t, files, &space, CXL_LAYOUT).map_err(|e| {
+                    if e.is_user_error() {
+                        VmmError::Config(ConfigError::Topology(e.to_string()))
+                    } else {
+                        VmmError::Device(e.to_string())
+                    }
+                })?,
+            ),
+            _ => None,
         };
 
         // Port I/O.
@@ -195,6 +299,9 @@ impl Machine {
                 size: s.size(),
                 port: u64::from(ports::SCRATCH_CONTROL),
             });
+        }
+        if let Some(c) = &cxl {
+            cxl_boot_devices(c, &mut devices);
         }
         let mut mem_map: Vec<(u64, u64, u32)> = ram_ranges
             .iter()
@@ -265,6 +372,7 @@ impl Machine {
             ram,
             started,
             timeout: cfg.timeout,
+            cxl,
             _vm: vm,
         })
     }
@@ -292,6 +400,11 @@ impl Machine {
     /// The address space (for dumps and tests).
     pub fn space(&self) -> &Arc<Mutex<AddressSpace>> {
         &self.space
+    }
+
+    /// The CXL platform, when configured.
+    pub fn cxl(&self) -> Option<&CxlPlatform> {
+        self.cxl.as_ref()
     }
 
     /// The null device (exit-floor counter).

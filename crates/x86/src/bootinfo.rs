@@ -23,6 +23,18 @@ pub mod dev_kind {
     pub const NULL_MMIO: u32 = 2;
     /// Port-I/O window: port `p` at MMIO address `base + p`.
     pub const PIO_WINDOW: u32 = 3;
+    /// PCIe ECAM: `flags` = start bus | end bus << 8.
+    pub const ECAM: u32 = 4;
+    /// CXL host bridge: base/size = CHBCR, `flags` = UID, `port` = root bus | root ports << 8 |
+    /// passthrough << 16.
+    pub const CXL_HOST_BRIDGE: u32 = 5;
+    /// CXL fixed memory window: `flags` = ways enc | gran enc << 4 | arithmetic << 8 | targets << 16,
+    /// `port` = target UIDs 0-7 (bytes).
+    pub const CXL_WINDOW: u32 = 6;
+    /// Targets 8-15 of the window before it.
+    pub const CXL_WINDOW_TARGETS: u32 = 7;
+    /// PCI MMIO aperture.
+    pub const PCI_APERTURE: u32 = 8;
 }
 
 /// One device table entry.

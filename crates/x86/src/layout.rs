@@ -25,6 +25,18 @@ pub const NULL_MMIO_SIZE: u64 = 0x1000;
 pub const PIO_WINDOW_BASE: u64 = 0xD001_0000;
 /// Size of the port-I/O window (the whole 16-bit port space).
 pub const PIO_WINDOW_SIZE: u64 = 0x1_0000;
+/// CXL host bridge component registers: host bridge *i* at `CHBCR_BASE + i * 64 KiB`.
+pub const CHBCR_BASE: u64 = 0xD010_0000;
+/// PCIe ECAM (buses 0-255).
+pub const ECAM_BASE: u64 = 0xE000_0000;
+/// PCI MMIO aperture where BARs are assigned.
+pub const PCI_APERTURE_BASE: u64 = 0x40_0000_0000;
+/// Size of the PCI MMIO aperture.
+pub const PCI_APERTURE_SIZE: u64 = 1 << 30;
+/// CXL fixed memory windows start here (1 TiB) unless the topology gives bases.
+pub const CXL_WINDOW_MIN: u64 = 1 << 40;
+/// ... and must end below this (64 TiB; identity-mapped, below every x86-64 CPU's limit).
+pub const CXL_WINDOW_MAX: u64 = 1 << 46;
 /// Default base of the scratch window: 64 GiB, far above RAM.
 pub const SCRATCH_WINDOW_BASE: u64 = 64 << 30;
 /// Highest guest-physical address + 1 test guests can identity-map (canonical, 47 bits).

@@ -242,6 +242,23 @@ impl BootInfo {
         self.devices().find(|d| d.kind == kind)
     }
 
+    /// Volatile access to `[base, base + size)` if it lies inside the range of one device table
+    /// entry (any kind), which the ABI identity-maps; `None` otherwise (or for `size` 0).
+    ///
+    /// This is how code reaches registers whose addresses it read from the platform (BARs,
+    /// register locators) without ever touching an address the boot info does not list.
+    pub fn device_mmio(&self, base: u64, size: u64) -> Option<Mmio> {
+        let end = base.checked_add(size)?;
+        if size == 0 {
+            return None;
+        }
+        self.devices()
+            .find(|d| d.base <= base && d.base.checked_add(d.size).is_some_and(|e| end <= e))
+            // SAFETY: the range lies inside a device table range, which the ABI identity-maps
+            // and which is platform MMIO or a window, never memory Rust code owns.
+            .map(|_| unsafe { Mmio::new(base, size) })
+    }
+
     /// The guest command line (its valid UTF-8 prefix, should it not be valid UTF-8).
     pub fn cmdline(&self) -> &str {
         let start = self.cmdline_offset as usize;
@@ -372,6 +389,18 @@ pub enum DeviceKind {
     NullMmio,
     /// Port-I/O window (3): port `p` is the MMIO address `base + p`.
     PioWindow,
+    /// PCIe ECAM (4): `flags` = start bus | end bus << 8, `port` = PCI segment.
+    Ecam,
+    /// CXL host bridge (5): its component registers (CHBCR); `flags` = UID, `port` = root bus |
+    /// root-port count << 8 | passthrough << 16.
+    CxlHostBridge,
+    /// CXL fixed memory window (6): `flags` = ways encoding | granularity encoding << 4 |
+    /// arithmetic << 8 | target count << 16; `port` = target UIDs 0–7, one byte each.
+    CxlWindow,
+    /// Targets 8–15 of the CXL window before it (7), in `port`.
+    CxlWindowTargets,
+    /// PCI MMIO aperture (8): where cxlvm assigned BARs.
+    PciMmio,
     /// A kind this kit does not know (the ABI says to skip these).
     Unknown(u32),
 }
@@ -383,6 +412,11 @@ impl DeviceKind {
             1 => Self::ScratchWindow,
             2 => Self::NullMmio,
             3 => Self::PioWindow,
+            4 => Self::Ecam,
+            5 => Self::CxlHostBridge,
+            6 => Self::CxlWindow,
+            7 => Self::CxlWindowTargets,
+            8 => Self::PciMmio,
             n => Self::Unknown(n),
         }
     }
@@ -393,6 +427,11 @@ impl DeviceKind {
             Self::ScratchWindow => 1,
             Self::NullMmio => 2,
             Self::PioWindow => 3,
+            Self::Ecam => 4,
+            Self::CxlHostBridge => 5,
+            Self::CxlWindow => 6,
+            Self::CxlWindowTargets => 7,
+            Self::PciMmio => 8,
             Self::Unknown(n) => n,
         }
     }
@@ -404,6 +443,11 @@ impl fmt::Display for DeviceKind {
             Self::ScratchWindow => f.write_str("scratch-window"),
             Self::NullMmio => f.write_str("null-mmio"),
             Self::PioWindow => f.write_str("pio-window"),
+            Self::Ecam => f.write_str("ecam"),
+            Self::CxlHostBridge => f.write_str("cxl-host-bridge"),
+            Self::CxlWindow => f.write_str("cxl-window"),
+            Self::CxlWindowTargets => f.write_str("cxl-window-targets"),
+            Self::PciMmio => f.write_str("pci-mmio"),
             Self::Unknown(n) => write!(f, "unknown({n})"),
         }
     }

@@ -117,7 +117,10 @@ impl FunctionCore {
 
     /// Runs `f` on the configuration (device side, masks not applied), then brings BARs and
     /// notifications in line. No `written` hook is called.
-    pub(crate) fn with_config<R>(&self, f: impl FnOnce(&mut ConfigSpace) -> R) -> (R, WriteEffects) {
+    pub(crate) fn with_config<R>(
+        &self,
+        f: impl FnOnce(&mut ConfigSpace) -> R,
+    ) -> (R, WriteEffects) {
         let mut st = self.lock();
         let r = f(&mut st.cfg);
         let effects = self.settle(&mut st);

@@ -6,10 +6,10 @@ use cxlvm_memory::AddressSpace;
 
 use super::common::FunctionCore;
 use super::{ConfigHooks, PciFunction};
+use crate::PciError;
 use crate::bar::BarSpec;
 use crate::config::ConfigSpace;
 use crate::regs::HEADER_TYPE_NORMAL;
-use crate::PciError;
 
 /// BAR slots of a type 0 header.
 pub const ENDPOINT_BARS: usize = 6;

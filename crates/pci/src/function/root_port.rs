@@ -146,7 +146,8 @@ impl RootPort {
         self.port_number
     }
 
-    /// Attaches `function` at `devfn` (0 to 7) on the secondary bus.
+    /// Attaches `function` at `devfn` (0 to 7) on the secondary bus. Guests only scan functions
+    /// 1-7 when function 0 has the multi-function bit (header type bit 7) set.
     pub fn attach(&self, devfn: u8, function: Arc<dyn PciFunction>) -> Result<(), PciError> {
         let mut children = lock(&self.children);
         let slot = children

@@ -1,0 +1,651 @@
+//! Builds the guest-visible CXL platform from a validated [`Topology`]: device backings, the
+//! fabric, fixed windows (containers holding the decoding dispatcher), host-bridge component
+//! registers (CHBCR), root ports and Type-3 endpoints on a PCIe segment behind ECAM, and BARs
+//! assigned like firmware.
+
+use std::fs::OpenOptions;
+use std::sync::{Arc, Mutex};
+
+use cxlvm_memory::{AddressSpace, BackingError, MemoryError, MmioHandler, RamBacking, RegionId};
+use cxlvm_pci::{
+    BarSpec, ConfigHooks, ConfigSpace, Endpoint, PciError, PciSegment, PciePortType, RootPort,
+    devfn,
+};
+use tracing::info;
+
+use crate::devregs::DeviceRegs;
+use crate::dvsec;
+use crate::fabric::{ComponentId, ComponentMmio, Fabric, FabricSpec};
+use crate::graph::WindowNode;
+use crate::hdm::HdmCaps;
+use crate::interleave::{Granularity, Ways};
+use crate::mailbox::{Mailbox, MemdevParams};
+use crate::topology::{Arithmetic, LSA_SIZE, Topology};
+use crate::window::{DeviceMemory, WindowDispatcher};
+
+/// PCI vendor ID cxlvm's functions use (Red Hat, the vendor of many emulated devices).
+pub const PCI_VENDOR: u16 = 0x1b36;
+/// Device ID of cxlvm's CXL root ports.
+pub const ROOT_PORT_DEVICE: u16 = 0x0c01;
+/// Device ID of cxlvm's Type-3 memory expanders.
+pub const TYPE3_DEVICE: u16 = 0x0c02;
+/// Class code of a CXL memory device.
+pub const CXL_MEMORY_CLASS: u32 = 0x05_02_10;
+/// Size of a component register block.
+pub const COMPONENT_SIZE: u64 = 0x1_0000;
+
+/// Where the platform's fixed ranges go (chosen by the machine builder).
+#[derive(Clone, Copy, Debug)]
+pub struct PlatformLayout {
+    /// ECAM base (256 MiB: buses 0–255).
+    pub ecam_base: u64,
+    /// First CHBCR; host bridge *i* at `chbcr_base + i * 64 KiB`.
+    pub chbcr_base: u64,
+    /// PCI MMIO aperture for BARs.
+    pub aperture_base: u64,
+    /// Its size.
+    pub aperture_size: u64,
+}
+
+/// Root bus of host bridge `i`.
+pub fn root_bus(i: usize) -> u8 {
+    (0x10 + 0x10 * i) as u8
+}
+
+/// Errors building the platform (files that cannot be opened are the user's).
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// A device's file cannot be used.
+    #[error("device '{device}': {what} {path}: {source}")]
+    File {
+        /// Device id.
+        device: String,
+        /// Which file.
+        what: &'static str,
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A device's file is too small.
+    #[error("device '{device}': {what} {path} holds {have:#x} bytes, needs {need:#x}")]
+    FileTooSmall {
+        /// Device id.
+        device: String,
+        /// Which file.
+        what: &'static str,
+        /// Path.
+        path: String,
+        /// Bytes in the file.
+        have: u64,
+        /// Bytes needed.
+        need: u64,
+    },
+    /// A backing could not be created.
+    #[error(transparent)]
+    Backing(#[from] BackingError),
+    /// The memory map could not be built.
+    #[error("CXL memory map: {0}")]
+    Memory(#[from] MemoryError),
+    /// PCI setup failed.
+    #[error("CXL PCI setup: {0}")]
+    Pci(#[from] PciError),
+    /// The topology needs more than the layout offers.
+    #[error("{0}")]
+    Layout(String),
+}
+
+impl PlatformError {
+    /// Whether the user can fix it (bad or unusable files).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            PlatformError::File { .. }
+                | PlatformError::FileTooSmall { .. }
+                | PlatformError::Layout(_)
+        )
+    }
+}
+
+/// A host bridge as the guest is told about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostBridgeInfo {
+    /// CHBCR address.
+    pub chbcr: u64,
+    /// UID.
+    pub uid: u32,
+    /// Root bus.
+    pub root_bus: u8,
+    /// Root ports.
+    pub root_ports: u8,
+    /// No HDM decoders.
+    pub passthrough: bool,
+}
+
+/// A window as the guest is told about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowInfo {
+    /// Base.
+    pub base: u64,
+    /// Size.
+    pub size: u64,
+    /// Ways encoding.
+    pub ways_enc: u8,
+    /// Granularity encoding.
+    pub gran_enc: u8,
+    /// 0 modulo, 1 XOR.
+    pub arithmetic: u8,
+    /// Target UIDs in position order.
+    pub target_uids: Vec<u32>,
+}
+
+/// The built platform.
+pub struct CxlPlatform {
+    /// The live fabric.
+    pub fabric: Arc<Fabric>,
+    /// The PCIe segment (ECAM handler).
+    pub segment: Arc<PciSegment>,
+    /// Device memories, by device index.
+    pub memories: Arc<[DeviceMemory]>,
+    /// Window dispatchers, by window index.
+    pub dispatchers: Vec<Arc<WindowDispatcher>>,
+    /// Window container regions (where RAM alias overlays go), by window index.
+    pub window_regions: Vec<RegionId>,
+    /// Host bridges for the boot info.
+    pub host_bridges: Vec<HostBridgeInfo>,
+    /// Windows for the boot info.
+    pub windows: Vec<WindowInfo>,
+    /// ECAM (base, size).
+    pub ecam: (u64, u64),
+    /// PCI MMIO aperture (base, size).
+    pub aperture: (u64, u64),
+    /// Ranges the guest must be able to reach (windows, ECAM, CHBCRs, aperture).
+    pub mapped: Vec<(u64, u64)>,
+    /// Type-3 endpoints, by device index.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Root ports, by host bridge then port.
+    pub root_ports: Vec<Vec<Arc<RootPort>>>,
+}
+
+/// XOR maps cxlvm publishes for a window of `ways` (power of 2) at granularity encoding `g`
+/// (docs/guest-abi.md).
+pub fn xormaps(ways: Ways, gran: Granularity) -> Vec<u64> {
+    let k = ways.pow2_bits();
+    let g = u32::from(gran.enc());
+    (0..k)
+        .map(|i| 1u64 << (8 + g + i) | 1u64 << (8 + g + k + 12 + i))
+        .collect()
+}
+
+struct DevRegsMmio(Mutex<DeviceRegs>);
+
+impl MmioHandler for DevRegsMmio {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read(offset, data);
+    }
+    fn write(&self, offset: u64, data: &[u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(offset, data);
+    }
+}
+
+struct EndpointHooks {
+    fabric: Arc<Fabric>,
+    device: usize,
+    dvsec: u16,
+    regs: Arc<DevRegsMmio>,
+}
+
+impl ConfigHooks for EndpointHooks {
+    fn written(&self, cfg: &mut ConfigSpace, offset: u16, len: usize) {
+        let ctl = self.dvsec + dvsec::DEVICE_CONTROL;
+        if usize::from(offset) < usize::from(ctl) + 2
+            && usize::from(ctl) < usize::from(offset) + len
+        {
+            let on = cfg.u16(ctl) & dvsec::MEM_ENABLE != 0;
+            self.fabric.set_mem_enable(self.device, on);
+        }
+    }
+    fn memory_enable_changed(&self, enabled: bool) {
+        self.fabric
+            .set_pci_mem(ComponentId::Device(self.device), enabled);
+    }
+    fn reset(&self) {
+        self.fabric.reset(ComponentId::Device(self.device));
+        self.regs
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset();
+    }
+}
+
+struct PortHooks {
+    fabric: Arc<Fabric>,
+    id: ComponentId,
+}
+
+impl ConfigHooks for PortHooks {
+    fn memory_enable_changed(&self, enabled: bool) {
+        self.fabric.set_pci_mem(self.id, enabled);
+    }
+    fn secondary_bus_reset(&self, asserted: bool) {
+        if asserted {
+            self.fabric.reset(self.id);
+        }
+    }
+}
+
+fn open_file(
+    device: &str,
+    what: &'static str,
+    path: &std::path::Path,
+    size: u64,
+) -> Result<std::fs::File, PlatformError> {
+    let err = |source| PlatformError::File {
+        device: device.to_owned(),
+        what,
+        path: path.display().to_string(),
+        source,
+    };
+    let existed = path.exists();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(err)?;
+    let have = f.metadata().map_err(err)?.len();
+    if !existed || have == 0 {
+        f.set_len(size).map_err(err)?;
+    } else if have < size {
+        return Err(PlatformError::FileTooSmall {
+            device: device.to_owned(),
+            what,
+            path: path.display().to_string(),
+            have,
+            need: size,
+        });
+    }
+    Ok(f)
+}
+
+fn add_mmio(
+    space: &Arc<Mutex<AddressSpace>>,
+    name: &str,
+    size: u64,
+    h: Arc<dyn MmioHandler>,
+    at: Option<u64>,
+) -> Result<RegionId, MemoryError> {
+    let mut sp = space.lock().unwrap_or_else(|e| e.into_inner());
+    let root = sp.root();
+    let mut tx = sp.begin();
+    let r = tx.add_mmio(name, size, h)?;
+    if let Some(a) = at {
+        tx.place(root, r, a, 0)?;
+    }
+    tx.commit()?;
+    Ok(r)
+}
+
+/// The guest-physical ranges the platform of `topo` will occupy (windows, CHBCRs, ECAM, BAR
+/// aperture), known before anything is built (for page tables and overlap checks).
+pub fn planned_ranges(topo: &Topology, layout: &PlatformLayout) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = topo
+        .windows
+        .iter()
+        .map(|w| (w.base.map_or(0, |b| b.0), w.size.0))
+        .collect();
+    if !topo.host_bridges.is_empty() {
+        v.push((
+            layout.chbcr_base,
+            COMPONENT_SIZE * topo.host_bridges.len() as u64,
+        ));
+        v.push((layout.ecam_base, 256 << 20));
+        v.push((layout.aperture_base, layout.aperture_size));
+    }
+    v
+}
+
+impl CxlPlatform {
+    /// Opens (or creates, sparse) every device file. Call before anything else is started so
+    /// that unusable files are reported as user errors with nothing half-built.
+    pub fn open_files(
+        topo: &Topology,
+    ) -> Result<Vec<(Option<std::fs::File>, Option<std::fs::File>)>, PlatformError> {
+        topo.devices
+            .iter()
+            .map(|d| {
+                let p = match &d.persistent_file {
+                    Some(path) => Some(open_file(
+                        &d.id,
+                        "persistent_file",
+                        path,
+                        d.persistent_bytes(),
+                    )?),
+                    None => None,
+                };
+                let l = match &d.lsa_file {
+                    Some(path) => Some(open_file(&d.id, "lsa_file", path, LSA_SIZE)?),
+                    None => None,
+                };
+                Ok((p, l))
+            })
+            .collect()
+    }
+
+    /// Builds everything into `space`. `topo` must have passed [`Topology::validate`].
+    pub fn build(
+        topo: &Topology,
+        files: Vec<(Option<std::fs::File>, Option<std::fs::File>)>,
+        space: &Arc<Mutex<AddressSpace>>,
+        layout: PlatformLayout,
+    ) -> Result<Self, PlatformError> {
+        // Device memory.
+        let mut memories = Vec::new();
+        let mut lsas = Vec::new();
+        for (d, (pfile, lfile)) in topo.devices.iter().zip(files) {
+            let volatile = match d.volatile_bytes() {
+                0 => None,
+                v => Some(RamBacking::memfd(&format!("{}.volatile", d.id), v)?),
+            };
+            let persistent = match pfile {
+                Some(f) => Some(RamBacking::from_file(
+                    &format!("{}.persistent", d.id),
+                    f,
+                    0,
+                    d.persistent_bytes(),
+                )?),
+                None => None,
+            };
+            let lsa = match (d.persistent_bytes(), lfile) {
+                (0, _) => None,
+                (_, Some(f)) => Some(RamBacking::from_file(
+                    &format!("{}.lsa", d.id),
+                    f,
+                    0,
+                    LSA_SIZE,
+                )?),
+                (_, None) => Some(RamBacking::memfd(&format!("{}.lsa", d.id), LSA_SIZE)?),
+            };
+            memories.push(DeviceMemory {
+                volatile,
+                persistent,
+            });
+            lsas.push(lsa);
+        }
+        let memories: Arc<[DeviceMemory]> = memories.into();
+
+        // Windows and fabric.
+        let mut windows = Vec::new();
+        let mut winfo = Vec::new();
+        for w in &topo.windows {
+            let ways = Ways::from_count(w.targets.len() as u32)
+                .ok_or_else(|| PlatformError::Layout(format!("window '{}': bad ways", w.id)))?;
+            let gran = Granularity::from_bytes(w.granularity_bytes()).ok_or_else(|| {
+                PlatformError::Layout(format!("window '{}': bad granularity", w.id))
+            })?;
+            let targets: Vec<usize> = w
+                .targets
+                .iter()
+                .filter_map(|t| topo.host_bridge(t))
+                .collect();
+            let base = w.base.map_or(0, |b| b.0);
+            windows.push(WindowNode {
+                base,
+                size: w.size.0,
+                ways,
+                gran,
+                arithmetic: w.arithmetic,
+                xormaps: if w.arithmetic == Arithmetic::Xor {
+                    xormaps(ways, gran)
+                } else {
+                    vec![]
+                },
+                targets: targets.clone(),
+            });
+            winfo.push(WindowInfo {
+                base,
+                size: w.size.0,
+                ways_enc: ways.enc(),
+                gran_enc: gran.enc(),
+                arithmetic: u8::from(w.arithmetic == Arithmetic::Xor),
+                target_uids: targets.iter().map(|&h| topo.uid(h)).collect(),
+            });
+        }
+        let hb_caps = |h: &crate::topology::HostBridge| HdmCaps {
+            decoders: h.decoders.unwrap_or(4),
+            target_count: h.root_ports,
+            a11to8: true,
+            a14to12: true,
+            ways_3_6_12: false,
+            ways_16: false,
+        };
+        let dev_caps = |d: &crate::topology::Device| HdmCaps {
+            decoders: d.decoders.unwrap_or(4),
+            target_count: 0,
+            a11to8: true,
+            a14to12: true,
+            ways_3_6_12: true,
+            ways_16: true,
+        };
+        let spec = FabricSpec {
+            windows: windows.clone(),
+            host_bridges: topo
+                .host_bridges
+                .iter()
+                .map(|h| {
+                    (
+                        h.passthrough,
+                        (!h.passthrough).then(|| hb_caps(h)),
+                        h.root_ports,
+                    )
+                })
+                .collect(),
+            devices: topo
+                .devices
+                .iter()
+                .map(|d| {
+                    let hb = topo.host_bridge(&d.host_bridge).unwrap_or(0);
+                    (
+                        hb,
+                        d.root_port,
+                        dev_caps(d),
+                        d.volatile_bytes(),
+                        d.persistent_bytes(),
+                    )
+                })
+                .collect(),
+        };
+        let fabric = Fabric::new(spec);
+
+        // Windows in the address space: a container holding the decoding dispatcher.
+        let mut dispatchers = Vec::new();
+        let mut window_regions = Vec::new();
+        let mapped = planned_ranges(topo, &layout);
+        for (i, w) in windows.iter().enumerate() {
+            let disp = Arc::new(WindowDispatcher::new(
+                i,
+                w.base,
+                fabric.graph_handle(),
+                memories.clone(),
+            ));
+            let mut sp = space.lock().unwrap_or_else(|e| e.into_inner());
+            let root = sp.root();
+            let mut tx = sp.begin();
+            let name = &topo.windows[i].id;
+            let c = tx.add_container(name, w.size)?;
+            let m = tx.add_mmio(&format!("{name}.decode"), w.size, disp.clone())?;
+            tx.place(c, m, 0, 0)?;
+            tx.place(root, c, w.base, 0)?;
+            tx.commit()?;
+            info!(
+                "CXL window '{name}' [{:#x}, {:#x}): {} way(s) at {} B",
+                w.base,
+                w.base + w.size,
+                w.ways.count(),
+                w.gran.bytes()
+            );
+            dispatchers.push(disp);
+            window_regions.push(c);
+        }
+
+        // Host bridge component registers.
+        let mut hbinfo = Vec::new();
+        for (i, h) in topo.host_bridges.iter().enumerate() {
+            let at = layout.chbcr_base + COMPONENT_SIZE * i as u64;
+            add_mmio(
+                space,
+                &format!("{}.chbcr", h.id),
+                COMPONENT_SIZE,
+                Arc::new(ComponentMmio::new(
+                    fabric.clone(),
+                    ComponentId::HostBridge(i),
+                )),
+                Some(at),
+            )?;
+            hbinfo.push(HostBridgeInfo {
+                chbcr: at,
+                uid: topo.uid(i),
+                root_bus: root_bus(i),
+                root_ports: h.root_ports,
+                passthrough: h.passthrough,
+            });
+        }
+
+        // PCI: root ports and endpoints.
+        let segment = Arc::new(PciSegment::new("cxl-pci", 0, 0xff)?);
+        let mut root_ports = Vec::new();
+        for (i, h) in topo.host_bridges.iter().enumerate() {
+            segment.add_root_bus(root_bus(i), &h.id)?;
+            let mut ports = Vec::new();
+            for p in 0..h.root_ports {
+                let id = ComponentId::RootPort {
+                    hb: i,
+                    port: usize::from(p),
+                };
+                let name = format!("{}.rp{p}", h.id);
+                let comp = add_mmio(
+                    space,
+                    &format!("{name}.component"),
+                    COMPONENT_SIZE,
+                    Arc::new(ComponentMmio::new(fabric.clone(), id)),
+                    None,
+                )?;
+                let mut b = RootPort::builder(&name, PCI_VENDOR, ROOT_PORT_DEVICE, p)
+                    .bar(0, BarSpec::memory64(COMPONENT_SIZE, comp))
+                    .hooks(Arc::new(PortHooks {
+                        fabric: fabric.clone(),
+                        id,
+                    }))
+                    .address_space(space.clone());
+                let cfg = b.config_mut();
+                dvsec::add_port_dvsecs(cfg)?;
+                dvsec::add_flex_bus(cfg)?;
+                dvsec::add_register_locator(cfg, &[(0, dvsec::block::COMPONENT)])?;
+                let rp = b.build()?;
+                segment.attach(root_bus(i), devfn(p, 0), rp.clone())?;
+                ports.push(rp);
+            }
+            root_ports.push(ports);
+        }
+        let mut endpoints = Vec::new();
+        for (i, (d, lsa)) in topo.devices.iter().zip(lsas).enumerate() {
+            let hb = topo.host_bridge(&d.host_bridge).unwrap_or(0);
+            let capacity = d.volatile_bytes() + d.persistent_bytes();
+            let comp = add_mmio(
+                space,
+                &format!("{}.component", d.id),
+                COMPONENT_SIZE,
+                Arc::new(ComponentMmio::new(fabric.clone(), ComponentId::Device(i))),
+                None,
+            )?;
+            let mailbox = Mailbox::new(MemdevParams {
+                volatile_bytes: d.volatile_bytes(),
+                persistent_bytes: d.persistent_bytes(),
+                lsa,
+                fw_revision: format!("cxlvm {}", env!("CARGO_PKG_VERSION")),
+                serial: d.serial.unwrap_or(i as u64 + 1),
+            });
+            let regs = Arc::new(DevRegsMmio(Mutex::new(DeviceRegs::new(mailbox))));
+            let regs_region = add_mmio(
+                space,
+                &format!("{}.devregs", d.id),
+                DeviceRegs::SIZE as u64,
+                regs.clone(),
+                None,
+            )?;
+            let mut cfg = ConfigSpace::new_type0(PCI_VENDOR, TYPE3_DEVICE, CXL_MEMORY_CLASS, 1);
+            cfg.add_pcie_capability(PciePortType::Endpoint, 0)?;
+            let dvsec_off = dvsec::add_device(&mut cfg, capacity)?;
+            dvsec::add_register_locator(
+                &mut cfg,
+                &[(0, dvsec::block::COMPONENT), (2, dvsec::block::DEVICE)],
+            )?;
+            dvsec::add_gpf_device(&mut cfg)?;
+            dvsec::add_flex_bus(&mut cfg)?;
+            let ep = Endpoint::builder(&d.id, cfg)
+                .bar(0, BarSpec::memory64(COMPONENT_SIZE, comp))
+                .bar(2, BarSpec::memory64(DeviceRegs::SIZE as u64, regs_region))
+                .hooks(Arc::new(EndpointHooks {
+                    fabric: fabric.clone(),
+                    device: i,
+                    dvsec: dvsec_off,
+                    regs,
+                }))
+                .address_space(space.clone())
+                .build()?;
+            root_ports[hb][usize::from(d.root_port)].attach(0, ep.clone())?;
+            endpoints.push(ep);
+        }
+        segment.program_bus_numbers()?;
+        let ecam_size = segment.ecam_size();
+        add_mmio(
+            space,
+            "ecam",
+            ecam_size,
+            segment.clone(),
+            Some(layout.ecam_base),
+        )?;
+
+        // BARs, like firmware: naturally aligned, packed in the aperture.
+        let mut next = layout.aperture_base;
+        let mut place = |size: u64| -> Result<u64, PlatformError> {
+            let at = next.next_multiple_of(size);
+            if at + size > layout.aperture_base + layout.aperture_size {
+                return Err(PlatformError::Layout(
+                    "too many CXL BARs for the PCI MMIO aperture".into(),
+                ));
+            }
+            next = at + size;
+            Ok(at)
+        };
+        for rp in root_ports.iter().flatten() {
+            rp.assign_bar(0, place(COMPONENT_SIZE)?)?;
+        }
+        for ep in &endpoints {
+            ep.assign_bar(0, place(COMPONENT_SIZE)?)?;
+            ep.assign_bar(2, place(DeviceRegs::SIZE as u64)?)?;
+        }
+        Ok(Self {
+            fabric,
+            segment,
+            memories,
+            dispatchers,
+            window_regions,
+            host_bridges: hbinfo,
+            windows: winfo,
+            ecam: (layout.ecam_base, ecam_size),
+            aperture: (layout.aperture_base, layout.aperture_size),
+            mapped,
+            endpoints,
+            root_ports,
+        })
+    }
+}
