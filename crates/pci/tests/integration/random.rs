@@ -224,6 +224,7 @@ fn seeded_bar_storm() {
         0x1_0000_0000,
         0x20_0000_0000,
     ];
+    let (mut mapped, mut collided) = (0usize, 0usize);
     for _ in 0..3000 {
         let r = next();
         let (f, index, _) = &rig.bars[(r % rig.bars.len() as u64) as usize];
@@ -240,7 +241,26 @@ fn seeded_bar_storm() {
             }
         }
         check_invariant(&rig);
+        let placed: Vec<Option<u64>> = rig
+            .bars
+            .iter()
+            .map(|(_, _, r)| placement(&rig.space, *r))
+            .collect();
+        mapped += placed.iter().flatten().count();
+        // Two BARs programmed to the same address with MEM set, only one of them placed.
+        collided += rig
+            .bars
+            .iter()
+            .zip(&placed)
+            .filter(|((f, i, _), p)| {
+                p.is_none()
+                    && read16(f.as_ref(), COMMAND) & 2 != 0
+                    && placed.contains(&Some(bar_value(f.as_ref(), *i)))
+            })
+            .count();
     }
-    let _ = &rig.space;
+    // The storm really exercised placement and collisions.
+    assert!(mapped > 1000, "only {mapped} placements seen");
+    assert!(collided > 10, "only {collided} collisions seen");
     let _: &dyn MmioHandler = &rig.seg;
 }

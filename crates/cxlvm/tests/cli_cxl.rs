@@ -1,0 +1,187 @@
+//! CXL configuration errors through the binary: one line naming the item, exit status 2, nothing
+//! started.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cxlvm-cli-cxl-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cxlvm"))
+        .args(["run", "--guest"])
+        .arg(cxlvm_test_guests::path("hello"))
+        .args(args)
+        .output()
+        .expect("cxlvm runs")
+}
+
+fn with_topology(name: &str, toml: &str) -> Output {
+    let p = tmp(name);
+    std::fs::write(&p, toml).unwrap();
+    run(&["--config", p.to_str().unwrap()])
+}
+
+fn user_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected:\n{err}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+    assert!(
+        o.stdout.is_empty(),
+        "nothing may run: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
+
+const HB: &str = "[[host_bridge]]\nid = \"hb0\"\nroot_ports = 2\n";
+const DEV: &str =
+    "[[device]]\nid = \"mem0\"\nhost_bridge = \"hb0\"\nroot_port = 0\nvolatile = \"256M\"\n";
+
+fn window(extra: &str) -> String {
+    format!("{HB}{DEV}[[window]]\nid = \"w0\"\nsize = \"1G\"\ntargets = [\"hb0\"]\n{extra}")
+}
+
+#[test]
+fn window_errors() {
+    user_error(
+        &with_topology("misaligned.toml", &window("base = \"0x10000001000\"\n")),
+        "window 'w0': base 0x10000001000 is not 256 MiB aligned",
+    );
+    user_error(
+        &with_topology(
+            "size.toml",
+            &format!("{HB}{DEV}[[window]]\nid = \"w0\"\nsize = \"100M\"\ntargets = [\"hb0\"]\n"),
+        ),
+        "window 'w0': size 100 MiB",
+    );
+    user_error(
+        &with_topology("gran.toml", &window("granularity = \"32K\"\n")),
+        "window 'w0': granularity 32768",
+    );
+    user_error(
+        &with_topology("gran2.toml", &window("granularity = 100\n")),
+        "window 'w0': granularity 100",
+    );
+    user_error(
+        &with_topology(
+            "target.toml",
+            &format!("{HB}{DEV}[[window]]\nid = \"w0\"\nsize = \"1G\"\ntargets = [\"hbX\"]\n"),
+        ),
+        "window 'w0': target 'hbX' is not a host bridge",
+    );
+    user_error(
+        &with_topology("low.toml", &window("base = \"0x10000000\"\n")),
+        "window 'w0': [0x10000000, 0x50000000) is outside the window area",
+    );
+    let two = format!(
+        "{}[[window]]\nid = \"w1\"\nsize = \"1G\"\nbase = \"0x10000000000\"\ntargets = [\"hb0\"]\n",
+        window("base = \"0x10010000000\"\n")
+    );
+    user_error(&with_topology("overlap.toml", &two), "overlaps window 'w0'");
+    // 5 host bridges in one window: 5 ways cannot be encoded.
+    let mut five = String::new();
+    for i in 0..5 {
+        five += &format!("[[host_bridge]]\nid = \"h{i}\"\nroot_ports = 1\n");
+    }
+    five += "[[window]]\nid = \"w5\"\nsize = \"5G\"\ntargets = [\"h0\", \"h1\", \"h2\", \"h3\", \"h4\"]\n";
+    user_error(
+        &with_topology("ways.toml", &five),
+        "window 'w5': 5 targets: interleave ways must be",
+    );
+}
+
+#[test]
+fn device_and_host_bridge_errors() {
+    user_error(
+        &with_topology(
+            "cap.toml",
+            &format!(
+                "{HB}[[device]]\nid = \"m\"\nhost_bridge = \"hb0\"\nroot_port = 0\nvolatile = \"300M\"\n"
+            ),
+        ),
+        "device 'm': volatile capacity 300 MiB is not a multiple of 256 MiB",
+    );
+    user_error(
+        &with_topology(
+            "rp.toml",
+            &format!(
+                "{HB}[[device]]\nid = \"m\"\nhost_bridge = \"hb0\"\nroot_port = 4\nvolatile = \"256M\"\n"
+            ),
+        ),
+        "device 'm': root_port 4 does not exist",
+    );
+    user_error(
+        &with_topology(
+            "pmem.toml",
+            &format!(
+                "{HB}[[device]]\nid = \"m\"\nhost_bridge = \"hb0\"\nroot_port = 0\npersistent = \"256M\"\n"
+            ),
+        ),
+        "device 'm': persistent capacity needs persistent_file",
+    );
+    user_error(
+        &with_topology(
+            "nofile.toml",
+            &format!(
+                "{HB}[[device]]\nid = \"m\"\nhost_bridge = \"hb0\"\nroot_port = 0\npersistent = \"256M\"\npersistent_file = \"/nonexistent-dir/pmem.img\"\n"
+            ),
+        ),
+        "device 'm': persistent_file /nonexistent-dir/pmem.img:",
+    );
+    let small = tmp("small.img");
+    std::fs::write(&small, [1u8; 4096]).unwrap();
+    user_error(
+        &with_topology(
+            "small.toml",
+            &format!(
+                "{HB}[[device]]\nid = \"m\"\nhost_bridge = \"hb0\"\nroot_port = 0\npersistent = \"256M\"\npersistent_file = \"{}\"\n",
+                small.display()
+            ),
+        ),
+        "device 'm': persistent_file",
+    );
+    user_error(
+        &with_topology(
+            "pt.toml",
+            "[[host_bridge]]\nid = \"hb0\"\nroot_ports = 2\npassthrough = true\n",
+        ),
+        "host bridge 'hb0': passthrough needs exactly one root port, has 2",
+    );
+    user_error(
+        &with_topology("dup.toml", &format!("{HB}{HB}")),
+        "host bridge 'hb0': defined twice",
+    );
+}
+
+#[test]
+fn file_and_syntax_errors() {
+    user_error(
+        &run(&["--config", "/nonexistent/topology.toml"]),
+        "cannot read topology file /nonexistent/topology.toml",
+    );
+    user_error(
+        &with_topology(
+            "field.toml",
+            "[[host_bridge]]\nid = \"hb0\"\nroot_ports = 1\ncolour = \"blue\"\n",
+        ),
+        "unknown field `colour`",
+    );
+    user_error(&with_topology("syntax.toml", "[[host_bridge]\n"), "line 1:");
+    user_error(
+        &run(&["--cxl-devices", "2", "--cxl-size", "100M"]),
+        "device 'mem0': volatile capacity 100 MiB",
+    );
+    user_error(&run(&["--cxl-devices", "0"]), "--cxl-devices 0");
+    user_error(
+        &run(&["--cxl-passthrough"]),
+        "--cxl-passthrough needs --cxl-devices 1",
+    );
+    user_error(
+        &run(&["--cxl-devices", "2", "--cxl-passthrough"]),
+        "passthrough needs exactly one root port",
+    );
+}
