@@ -13,6 +13,10 @@
 //! - MMIO accessors ([`mmio`]) and CPU helpers ([`cpu`]): `rdtsc`, `cpuid`, `xsavec`, AVX loads
 //!   and stores, `rep movsb`;
 //! - multi-vCPU helpers ([`sync`]): a spin lock and a barrier on plain RAM atomics;
+//! - PCI configuration space through ECAM ([`pci`]) and CXL registers ([`cxl`]): host bridges
+//!   and windows from the boot info, DVSECs, component registers and HDM decoders, device
+//!   registers and the mailbox;
+//! - small no-allocator helpers: [`fixed::FixedVec`] and a seeded PRNG ([`rand::XorShift64`]);
 //! - `memcpy`/`memmove`/`memset`/`memcmp`/`bcmp`, which `core` needs and no libc provides;
 //! - a panic handler that prints `guest panic: <info>` and exits with status [`PANIC_STATUS`].
 //!
@@ -38,10 +42,14 @@
 pub mod boot;
 pub mod console;
 pub mod cpu;
+pub mod cxl;
+pub mod fixed;
 mod mem;
 pub mod mmio;
 mod panic;
+pub mod pci;
 pub mod port;
+pub mod rand;
 pub mod rt;
 pub mod sync;
 
