@@ -2,11 +2,17 @@
 //!
 //! A backing is a shared mapping of a memfd or a user file. Because it is a file, the same bytes can
 //! be mapped again elsewhere (KVM slots, stitched interleave maps) without copying.
+//!
+//! A *stitched* backing ([`RamBacking::stitched`]) owns no bytes of its own: it is one contiguous
+//! host range made of page runs of other backings' files (`cxlvm-stitch`), so that an interleaved
+//! CXL range can be given to the guest as one KVM slot while every byte stays in its device's
+//! backing.
 
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use cxlvm_stitch::{Piece, StitchError, StitchedMap};
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{Bytes, FileOffset, VolatileMemory};
 
@@ -69,6 +75,35 @@ pub enum BackingError {
         /// Cause.
         source: vm_memory::mmap::MmapRegionError,
     },
+    /// A piece of a stitched backing is empty, unaligned or outside its source backing.
+    #[error(
+        "stitched backing '{name}': piece {index} ({offset:#x}+{len:#x} of '{source_name}', which \
+         holds {source_size:#x} bytes): {problem}"
+    )]
+    BadPiece {
+        /// Name of the stitched backing.
+        name: String,
+        /// Index of the piece.
+        index: usize,
+        /// Name of the piece's source backing.
+        source_name: String,
+        /// Size of the source backing.
+        source_size: u64,
+        /// Offset of the piece in the source backing.
+        offset: u64,
+        /// Length of the piece.
+        len: u64,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// Building the stitched map failed (nothing stays mapped).
+    #[error("stitched backing '{name}': {source}")]
+    Stitch {
+        /// Name of the stitched backing.
+        name: String,
+        /// Cause; its piece indices are those of the pieces given to [`RamBacking::stitched`].
+        source: StitchError,
+    },
     /// An access fell (partly) outside the backing.
     #[error(
         "backing '{name}': access of {len} bytes at {offset:#x} is outside its {size:#x} bytes"
@@ -92,19 +127,53 @@ pub struct RamBacking {
     id: u64,
     name: String,
     size: u64,
+    mapping: Mapping,
+}
+
+/// Where the bytes of a backing are mapped.
+enum Mapping {
+    /// One shared mapping of `file` from `file_offset`.
+    File {
+        file: Arc<File>,
+        file_offset: u64,
+        mmap: MmapRegion,
+    },
+    /// Page runs of other backings' files stitched into one range.
+    Stitched {
+        map: StitchedMap,
+        /// The file ranges making up the map, in order, with their offsets in the backing
+        /// (adjacent runs of one file merged). Used to stitch a stitched backing again.
+        segments: Vec<Segment>,
+        /// The backings the pieces came from, kept alive (each once) for as long as this one.
+        _sources: Vec<Arc<RamBacking>>,
+    },
+}
+
+/// A file range inside a stitched backing.
+#[derive(Clone)]
+struct Segment {
+    /// Offset of the range in the stitched backing.
+    offset: u64,
     file: Arc<File>,
     file_offset: u64,
-    mmap: MmapRegion,
+    len: u64,
 }
 
 impl std::fmt::Debug for RamBacking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RamBacking")
-            .field("id", &self.id)
+        let mut d = f.debug_struct("RamBacking");
+        d.field("id", &self.id)
             .field("name", &self.name)
-            .field("size", &format_args!("{:#x}", self.size))
-            .field("file_offset", &format_args!("{:#x}", self.file_offset))
-            .finish()
+            .field("size", &format_args!("{:#x}", self.size));
+        match &self.mapping {
+            Mapping::File { file_offset, .. } => {
+                d.field("file_offset", &format_args!("{file_offset:#x}"))
+            }
+            Mapping::Stitched { map, segments, .. } => d
+                .field("stitched_segments", &segments.len())
+                .field("mappings", &map.mappings()),
+        };
+        d.finish()
     }
 }
 
@@ -180,10 +249,134 @@ impl RamBacking {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: name.to_owned(),
             size,
-            file,
-            file_offset: offset,
-            mmap,
+            mapping: Mapping::File {
+                file,
+                file_offset: offset,
+                mmap,
+            },
         }))
+    }
+
+    /// Builds one contiguous backing out of pieces of other backings, in order: piece
+    /// `(source, offset, len)` is bytes `offset..offset + len` of `source` (both multiples of
+    /// 4 KiB, `len` non-zero). The bytes are not copied: each piece is a shared mapping of the
+    /// source's file, so writes through the stitched backing land in the sources and writes to
+    /// the sources are seen through it. Adjacent pieces that are contiguous in one file share one
+    /// mapping; [`RamBacking::mappings`] tells how many VMAs the result uses. A source may itself
+    /// be stitched. The sources are kept alive as long as the stitched backing.
+    pub fn stitched(
+        name: &str,
+        pieces: &[(Arc<RamBacking>, u64, u64)],
+    ) -> Result<Arc<Self>, BackingError> {
+        if pieces.is_empty() {
+            return Err(BackingError::BadSize {
+                name: name.to_owned(),
+                size: 0,
+            });
+        }
+        // File ranges, and for each the index of the caller's piece it comes from.
+        let mut ranges: Vec<(Arc<File>, u64, u64)> = Vec::with_capacity(pieces.len());
+        let mut origin: Vec<usize> = Vec::with_capacity(pieces.len());
+        let mut sources: Vec<Arc<RamBacking>> = Vec::new();
+        for (index, (source, offset, len)) in pieces.iter().enumerate() {
+            let (offset, len) = (*offset, *len);
+            let bad = |problem| BackingError::BadPiece {
+                name: name.to_owned(),
+                index,
+                source_name: source.name.clone(),
+                source_size: source.size,
+                offset,
+                len,
+                problem,
+            };
+            if len == 0 {
+                return Err(bad("length is zero"));
+            }
+            if !offset.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+                return Err(bad("offset and length must be multiples of 4 KiB"));
+            }
+            if offset.checked_add(len).is_none_or(|end| end > source.size) {
+                return Err(bad("range is outside the source backing"));
+            }
+            let before = ranges.len();
+            source.file_ranges(offset, len, &mut ranges);
+            origin.resize(ranges.len(), index);
+            debug_assert!(ranges.len() > before);
+            if !sources.iter().any(|s| Arc::ptr_eq(s, source)) {
+                sources.push(source.clone());
+            }
+        }
+
+        let stitch_pieces: Vec<Piece<'_>> = ranges
+            .iter()
+            .map(|(file, file_offset, len)| Piece {
+                file,
+                file_offset: *file_offset,
+                len: *len,
+            })
+            .collect();
+        let map = StitchedMap::new(&stitch_pieces).map_err(|mut source| {
+            renumber(&mut source, &origin);
+            BackingError::Stitch {
+                name: name.to_owned(),
+                source,
+            }
+        })?;
+        drop(stitch_pieces);
+
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut offset = 0;
+        for (file, file_offset, len) in ranges {
+            match segments.last_mut() {
+                Some(last)
+                    if Arc::ptr_eq(&last.file, &file)
+                        && last.file_offset + last.len == file_offset =>
+                {
+                    last.len += len;
+                }
+                _ => segments.push(Segment {
+                    offset,
+                    file,
+                    file_offset,
+                    len,
+                }),
+            }
+            offset += len;
+        }
+        debug_assert_eq!(offset, map.len() as u64);
+        Ok(Arc::new(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name: name.to_owned(),
+            size: offset,
+            mapping: Mapping::Stitched {
+                map,
+                segments,
+                _sources: sources,
+            },
+        }))
+    }
+
+    /// Appends the file ranges holding bytes `offset..offset + len` (inside the backing).
+    fn file_ranges(&self, offset: u64, len: u64, out: &mut Vec<(Arc<File>, u64, u64)>) {
+        match &self.mapping {
+            Mapping::File {
+                file, file_offset, ..
+            } => out.push((file.clone(), file_offset + offset, len)),
+            Mapping::Stitched { segments, .. } => {
+                let end = offset + len;
+                // First segment that ends after `offset`.
+                let first = segments.partition_point(|s| s.offset + s.len <= offset);
+                for seg in segments[first..].iter().take_while(|s| s.offset < end) {
+                    let from = offset.max(seg.offset);
+                    let to = end.min(seg.offset + seg.len);
+                    out.push((
+                        seg.file.clone(),
+                        seg.file_offset + (from - seg.offset),
+                        to - from,
+                    ));
+                }
+            }
+        }
     }
 
     /// A process-unique id (stable for the life of the backing).
@@ -201,20 +394,47 @@ impl RamBacking {
         self.size
     }
 
-    /// The file holding the bytes (memfd or user file), for mapping it again elsewhere.
-    pub fn file(&self) -> &Arc<File> {
-        &self.file
+    /// The file holding the bytes (memfd or user file), for mapping it again elsewhere; `None`
+    /// for a stitched backing, whose bytes live in several files.
+    pub fn file(&self) -> Option<&Arc<File>> {
+        match &self.mapping {
+            Mapping::File { file, .. } => Some(file),
+            Mapping::Stitched { .. } => None,
+        }
     }
 
-    /// Offset of byte 0 of the backing inside [`RamBacking::file`].
+    /// Offset of byte 0 of the backing inside [`RamBacking::file`] (0 for a stitched backing,
+    /// which has no single file).
     pub fn file_offset(&self) -> u64 {
-        self.file_offset
+        match &self.mapping {
+            Mapping::File { file_offset, .. } => *file_offset,
+            Mapping::Stitched { .. } => 0,
+        }
+    }
+
+    /// Whether the backing was built by [`RamBacking::stitched`].
+    pub fn is_stitched(&self) -> bool {
+        matches!(self.mapping, Mapping::Stitched { .. })
+    }
+
+    /// Number of host mappings (VMAs) the backing uses: 1 for a file backing, the number of
+    /// mmaps of the stitched map for a stitched one.
+    pub fn mappings(&self) -> usize {
+        match &self.mapping {
+            Mapping::File { .. } => 1,
+            Mapping::Stitched { map, .. } => map.mappings(),
+        }
     }
 
     /// Host virtual address of byte `offset`, or `None` when `offset..offset+len` is outside.
+    /// The whole backing is one contiguous host range, stitched or not.
     pub fn host_address(&self, offset: u64, len: u64) -> Option<u64> {
         let end = offset.checked_add(len)?;
-        (end <= self.size).then(|| self.mmap.as_ptr() as u64 + offset)
+        let base = match &self.mapping {
+            Mapping::File { mmap, .. } => mmap.as_ptr(),
+            Mapping::Stitched { map, .. } => map.as_ptr(),
+        };
+        (end <= self.size).then(|| base as u64 + offset)
     }
 
     fn check(&self, offset: u64, len: usize) -> Result<usize, BackingError> {
@@ -232,19 +452,29 @@ impl RamBacking {
     /// Copies bytes out of the backing (aligned 1/2/4/8-byte reads are single accesses).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), BackingError> {
         let off = self.check(offset, buf.len())?;
-        self.mmap
-            .as_volatile_slice()
-            .read_slice(buf, off)
-            .map_err(|_| self.oob(offset, buf.len()))
+        match &self.mapping {
+            Mapping::File { mmap, .. } => mmap
+                .as_volatile_slice()
+                .read_slice(buf, off)
+                .map_err(|_| self.oob(offset, buf.len())),
+            Mapping::Stitched { map, .. } => map
+                .read(offset, buf)
+                .map_err(|_| self.oob(offset, buf.len())),
+        }
     }
 
     /// Copies bytes into the backing (aligned 1/2/4/8-byte writes are single accesses).
     pub fn write(&self, offset: u64, buf: &[u8]) -> Result<(), BackingError> {
         let off = self.check(offset, buf.len())?;
-        self.mmap
-            .as_volatile_slice()
-            .write_slice(buf, off)
-            .map_err(|_| self.oob(offset, buf.len()))
+        match &self.mapping {
+            Mapping::File { mmap, .. } => mmap
+                .as_volatile_slice()
+                .write_slice(buf, off)
+                .map_err(|_| self.oob(offset, buf.len())),
+            Mapping::Stitched { map, .. } => map
+                .write(offset, buf)
+                .map_err(|_| self.oob(offset, buf.len())),
+        }
     }
 
     fn oob(&self, offset: u64, len: usize) -> BackingError {
@@ -254,6 +484,25 @@ impl RamBacking {
             len,
             size: self.size,
         }
+    }
+}
+
+/// Rewrites the piece index of a stitch error (an index into the expanded file ranges) to the
+/// index of the caller's piece it came from.
+fn renumber(err: &mut StitchError, origin: &[usize]) {
+    match err {
+        StitchError::BadLength { index, .. }
+        | StitchError::BadOffset { index, .. }
+        | StitchError::FileRangeOverflow { index, .. }
+        | StitchError::TotalOverflow { index }
+        | StitchError::Stat { index, .. }
+        | StitchError::BeyondEof { index, .. }
+        | StitchError::Map { index, .. } => {
+            if let Some(&caller) = origin.get(*index) {
+                *index = caller;
+            }
+        }
+        StitchError::Empty | StitchError::Reserve { .. } => {}
     }
 }
 

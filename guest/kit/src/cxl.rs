@@ -61,7 +61,8 @@ impl HostBridgeEntry {
 
 /// The host bridge entries of the boot info, in table order.
 pub fn host_bridges(boot: &BootInfo) -> impl Iterator<Item = HostBridgeEntry> + '_ {
-    boot.devices().filter_map(|d| HostBridgeEntry::from_device(&d))
+    boot.devices()
+        .filter_map(|d| HostBridgeEntry::from_device(&d))
 }
 
 /// Interleave arithmetic of a window.
@@ -476,7 +477,10 @@ impl Hdm {
 
     /// Sets HDM Decoder Enable (Global Control bit 1); true when it reads back set.
     pub fn enable(&self) -> bool {
-        self.write(hdm::GLOBAL_CONTROL, self.global_control() | hdm::GLOBAL_ENABLE);
+        self.write(
+            hdm::GLOBAL_CONTROL,
+            self.global_control() | hdm::GLOBAL_ENABLE,
+        );
         self.global_control() & hdm::GLOBAL_ENABLE != 0
     }
 
@@ -605,9 +609,7 @@ impl DeviceRegs {
     /// Reads the capability array at `base` (64-bit array register, then the headers).
     pub fn new(base: u64) -> Result<Self, DevRegsError> {
         let boot = boot_info().ok_or(DevRegsError::Unmapped)?;
-        let head = boot
-            .device_mmio(base, 0x10)
-            .ok_or(DevRegsError::Unmapped)?;
+        let head = boot.device_mmio(base, 0x10).ok_or(DevRegsError::Unmapped)?;
         let array = head.read_u64(0);
         let count = dev_cap_array_count(array).ok_or(DevRegsError::BadArray(array))?;
         let kept = usize::from(count).min(MAX_DEV_CAPS);
@@ -650,7 +652,10 @@ impl DeviceRegs {
 
     /// Access to a capability's structure, if it lies in a listed range.
     pub fn cap_mmio(&self, cap: &DevCap) -> Option<Mmio> {
-        boot_info()?.device_mmio(self.base.checked_add(u64::from(cap.offset))?, u64::from(cap.len))
+        boot_info()?.device_mmio(
+            self.base.checked_add(u64::from(cap.offset))?,
+            u64::from(cap.len),
+        )
     }
 
     /// Memory Device Status (64-bit read at the Memory Device capability).
@@ -717,7 +722,7 @@ impl Mailbox {
     /// The mailbox at `base` (8-byte aligned) with the payload size its Capabilities register
     /// gives (at most [`MAX_PAYLOAD`]), if registers and payload lie in a listed range.
     pub fn new(base: u64) -> Option<Self> {
-        if base % 8 != 0 {
+        if !base.is_multiple_of(8) {
             return None;
         }
         let boot = boot_info()?;
@@ -762,7 +767,7 @@ impl Mailbox {
         let mut i = 0;
         while i < data.len() {
             let off = base + i as u64;
-            if off % 4 == 0 && i + 4 <= data.len() {
+            if off.is_multiple_of(4) && i + 4 <= data.len() {
                 let word = u32::from_le_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
                 self.regs.write_u32(off, word);
                 i += 4;
@@ -780,7 +785,7 @@ impl Mailbox {
         let mut i = 0;
         while i < out.len() {
             let off = base + i as u64;
-            if off % 4 == 0 && i + 4 <= out.len() {
+            if off.is_multiple_of(4) && i + 4 <= out.len() {
                 out[i..i + 4].copy_from_slice(&self.regs.read_u32(off).to_le_bytes());
                 i += 4;
             } else {
@@ -795,7 +800,12 @@ impl Mailbox {
     /// Status; on return code 0 reads the output length from Command and copies
     /// `min(length, output.len(), payload)` bytes to `output`. Returns the output length the
     /// device reported.
-    pub fn send(&self, opcode: u16, input: &[u8], output: &mut [u8]) -> Result<usize, MailboxError> {
+    pub fn send(
+        &self,
+        opcode: u16,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, MailboxError> {
         if input.len() > self.payload_size {
             return Err(MailboxError::InputTooLong);
         }

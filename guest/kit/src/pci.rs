@@ -142,7 +142,8 @@ impl Ecam {
 
     /// Guest-physical address of `off` in the configuration space of `bus:dev.func`.
     pub fn address(&self, bus: u8, dev: u8, func: u8, off: u16) -> Option<u64> {
-        self.offset(bus, dev, func, off).map(|o| self.mmio.base() + o)
+        self.offset(bus, dev, func, off)
+            .map(|o| self.mmio.base() + o)
     }
 
     /// 32-bit read (`off` 4-byte aligned); all-ones outside the range.
@@ -387,7 +388,7 @@ impl Function {
             }
             let header = calc::decode_ext_cap_header(raw);
             f(off, header);
-            if header.next < reg::EXT_CAP_START || header.next % 4 != 0 {
+            if header.next < reg::EXT_CAP_START || !header.next.is_multiple_of(4) {
                 return;
             }
             off = header.next;

@@ -13,7 +13,11 @@ impl XorShift64 {
         // Spread small seeds over the state so that seeds 1, 2, 3 do not start alike.
         let mixed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xd1b5_4a32_d192_ed03;
         Self {
-            state: if mixed == 0 { 0x2545_f491_4f6c_dd1d } else { mixed },
+            state: if mixed == 0 {
+                0x2545_f491_4f6c_dd1d
+            } else {
+                mixed
+            },
         }
     }
 

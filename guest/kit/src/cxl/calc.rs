@@ -451,17 +451,23 @@ pub mod out_len {
 
 /// Little-endian u16 at `off`.
 pub fn le_u16(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        b.get(off..off.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
 /// Little-endian u32 at `off`.
 pub fn le_u32(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 /// Little-endian u64 at `off`.
 pub fn le_u64(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(off..off.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// Size of the log `uuid` in a Get Supported Logs output (`u16 entries`, 6 reserved bytes,
@@ -629,10 +635,16 @@ impl fmt::Display for RegionError {
             Self::BadWays(w) => write!(f, "{w} devices: ways must be 1, 2, 3, 4, 6, 8, 12 or 16"),
             Self::BadWindowWays(w) => write!(f, "window has {w} targets: not a valid ways value"),
             Self::NotMultiple { ways, window_ways } => {
-                write!(f, "{ways} ways is not a multiple of the window's {window_ways} ways")
+                write!(
+                    f,
+                    "{ways} ways is not a multiple of the window's {window_ways} ways"
+                )
             }
             Self::BadHostBridgeWays(n) => {
-                write!(f, "{n} devices per host bridge cannot be interleaved by its decoder")
+                write!(
+                    f,
+                    "{n} devices per host bridge cannot be interleaved by its decoder"
+                )
             }
             Self::DuplicateTarget(uid) => write!(f, "window names host bridge {uid} twice"),
             Self::UnknownDevice(d) => write!(f, "no device {d}"),
@@ -662,7 +674,10 @@ impl fmt::Display for RegionError {
             ),
             Self::NoDevices(uid) => write!(f, "host bridge {uid} has no device"),
             Self::OffsetUnaligned(o) => write!(f, "offset {o:#x} is not 256 MiB aligned"),
-            Self::BadSize(s) => write!(f, "size {s:#x} is not a non-zero multiple of 256 MiB x ways"),
+            Self::BadSize(s) => write!(
+                f,
+                "size {s:#x} is not a non-zero multiple of 256 MiB x ways"
+            ),
             Self::OutOfWindow {
                 offset,
                 size,
@@ -894,11 +909,11 @@ pub fn check_region_range(
     size: u64,
     ways: u32,
 ) -> Result<(), RegionError> {
-    if offset % UNIT != 0 {
+    if !offset.is_multiple_of(UNIT) {
         return Err(RegionError::OffsetUnaligned(offset));
     }
     let quantum = UNIT * u64::from(ways.max(1));
-    if size == 0 || size % quantum != 0 {
+    if size == 0 || !size.is_multiple_of(quantum) {
         return Err(RegionError::BadSize(size));
     }
     if offset.checked_add(size).is_none_or(|end| end > window_size) {

@@ -202,7 +202,15 @@ pub fn overlaps(a: u16, a_len: u16, b: u16, b_len: u16) -> bool {
 /// Bridge Control (its secondary bus reset).
 pub fn protected_header_ranges(header_type: u8) -> &'static [(u16, u16)] {
     const TYPE0: &[(u16, u16)] = &[(0x04, 2), (0x10, 0x18), (0x30, 4)];
-    const TYPE1: &[(u16, u16)] = &[(0x04, 2), (0x10, 8), (0x18, 4), (0x1c, 2), (0x20, 0x14), (0x38, 4), (0x3e, 2)];
+    const TYPE1: &[(u16, u16)] = &[
+        (0x04, 2),
+        (0x10, 8),
+        (0x18, 4),
+        (0x1c, 2),
+        (0x20, 0x14),
+        (0x38, 4),
+        (0x3e, 2),
+    ];
     const OTHER: &[(u16, u16)] = &[(0x04, 2), (0x10, 0x30)];
     match header_type & 0x7f {
         0 => TYPE0,
