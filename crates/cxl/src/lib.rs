@@ -22,6 +22,7 @@ pub mod graph;
 pub mod hdm;
 pub mod interleave;
 pub mod mailbox;
+pub mod planner;
 pub mod platform;
 pub mod topology;
 pub mod window;

@@ -132,6 +132,7 @@ struct Stats {
     writes: u64,
     commands: u64,
     commits: u64,
+    committed: u64,
     skipped: u64,
 }
 
@@ -173,7 +174,7 @@ pub fn run(boot: &BootInfo) -> Result<(), i32> {
         }
     }
     println!(
-        "fuzz stats hdm={} mailbox={} config={} window={} reads={} writes={} commands={} commits={} skipped={}",
+        "fuzz stats hdm={} mailbox={} config={} window={} reads={} writes={} commands={} commits={} committed={} skipped={}",
         stats.hdm,
         stats.mailbox,
         stats.config,
@@ -182,6 +183,7 @@ pub fn run(boot: &BootInfo) -> Result<(), i32> {
         stats.writes,
         stats.commands,
         stats.commits,
+        stats.committed,
         stats.skipped
     );
     post_check(&topo, &targets)?;
@@ -246,15 +248,31 @@ fn hdm_op(rng: &mut XorShift64, t: &Targets, stats: &mut Stats) {
             Some(w) => w.base() + rng.below(w.size() / cxl::UNIT) * cxl::UNIT,
             None => rng.next_u64() & !(cxl::UNIT - 1),
         };
-        let setup = cxl::DecoderSetup {
-            base,
-            size: cxl::UNIT * (1 + rng.below(4)),
-            iw_enc: cxl::ways_to_enc(rng.pick(&VALID_WAYS).copied().unwrap_or(1)).unwrap_or(0),
-            ig_enc: rng.below(7) as u8,
-            target: rng.next_u64(),
+        let setup = if rng.one_in(2) {
+            // Plausible: 1 or 2 ways, a size that fits them, targets among ports 0..=3 (for an
+            // endpoint that is a DPA skip of 0), so that some commits succeed and map memory.
+            let iw_enc = rng.below(2) as u8;
+            let targets = [rng.below(4) as u8, rng.below(4) as u8];
+            cxl::DecoderSetup {
+                base,
+                size: cxl::UNIT * (1 << iw_enc) * (1 + rng.below(2)),
+                iw_enc,
+                ig_enc: rng.below(7) as u8,
+                target: cxl::pack_target_list(&targets),
+            }
+        } else {
+            cxl::DecoderSetup {
+                base,
+                size: cxl::UNIT * (1 + rng.below(4)),
+                iw_enc: cxl::ways_to_enc(rng.pick(&VALID_WAYS).copied().unwrap_or(1)).unwrap_or(0),
+                ig_enc: rng.below(7) as u8,
+                target: rng.next_u64(),
+            }
         };
-        // One poll is enough: cxlvm commits synchronously. Errors are expected.
-        let _ = commit_no_wait(&hdm, n, &setup);
+        // One read of Control is enough: cxlvm commits synchronously. Errors are expected.
+        if commit_no_wait(&hdm, n, &setup) & cxl::ctrl::COMMITTED != 0 {
+            stats.committed += 1;
+        }
         stats.writes += 7;
         stats.commits += 1;
         return;

@@ -6,7 +6,7 @@ use core::fmt;
 use cxlvm_guest::cxl::{
     self, CEL_UUID, DeviceRegs, Mailbox, MailboxError, dev_cap_id, mbox, opcode, out_len, rc,
 };
-use cxlvm_guest::{BootInfo, println, tsc_to_ns};
+use cxlvm_guest::{BootInfo, arg_u64, println, tsc_to_ns};
 
 use crate::topology::{Topology, Type3};
 use crate::{BAD_REGISTERS, HexCsv, MAILBOX, MISMATCH, NO_DEVICE};
@@ -328,15 +328,18 @@ fn check_lsa(mb: &Mailbox, lsa_size: u32) -> Result<(), Fail> {
         n,
     )?;
     let matches = back[..n] == LSA_PATTERN[..n];
-    let (input, len) = set_input(&old[..n]);
-    send(
-        mb,
-        "set-lsa-restore",
-        opcode::SET_LSA,
-        &input[..len],
-        &mut [],
-        0,
-    )?;
+    // `lsa_keep=1` leaves the test label in place (so the host can see it in the LSA file).
+    if arg_u64("lsa_keep", 0) == 0 {
+        let (input, len) = set_input(&old[..n]);
+        send(
+            mb,
+            "set-lsa-restore",
+            opcode::SET_LSA,
+            &input[..len],
+            &mut [],
+            0,
+        )?;
+    }
     if !matches {
         let first = u64::from_le_bytes(back[..8].try_into().unwrap_or([0; 8]));
         return Err(Fail {

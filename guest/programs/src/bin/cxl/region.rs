@@ -55,7 +55,7 @@ struct Request {
     offset: u64,
     size: u64,
     gran: u64,
-    hb_gran: u64,
+    hb_gran: Option<u64>,
     plan: RegionPlan,
 }
 
@@ -154,13 +154,10 @@ fn parse(topo: &Topology) -> Result<Request, i32> {
         );
         return Err(BAD_ARG);
     }
-    let Some(hb_gran) = cxl::hb_granularity(gran, window.ways) else {
-        println!(
-            "cxl: granularity {gran} under {} host bridges needs a host bridge granularity above 16384",
-            window.ways
-        );
-        return Err(BAD_ARG);
-    };
+    // Linux programs host-bridge decoders with region granularity x window ways; a bridge that
+    // does not interleave (1 way) ignores its granularity, so it may keep the region's when the
+    // product is not encodable (Linux itself would refuse such a region).
+    let hb_gran = cxl::hb_granularity(gran, window.ways);
 
     let mut devices = FixedVec::<PlanDevice, MAX_TYPE3>::new();
     topo.plan_devices(&mut devices);
@@ -294,8 +291,19 @@ fn commit_region(topo: &Topology, req: &Request, log: &mut CommitLog) -> Result<
         let n = commit_one(Owner::Mem(d), hdm, &setup, log)?;
         println!("region ep mem{d} position={position} decoder={n}");
     }
-    let hb_ig_enc = cxl::gran_to_enc(req.hb_gran).ok_or(BAD_ARG)?;
     for hbp in req.plan.host_bridges() {
+        let hb_gran = match req.hb_gran {
+            Some(g) => g,
+            None if hbp.ways == 1 => req.gran,
+            None => {
+                println!(
+                    "cxl: granularity {} under {} interleaved host bridges needs a host bridge granularity above 16384",
+                    req.gran, hbp.ways
+                );
+                return Err(BAD_ARG);
+            }
+        };
+        let hb_ig_enc = cxl::gran_to_enc(hb_gran).ok_or(BAD_ARG)?;
         let hb = topo.hb_by_uid(hbp.uid).ok_or(NO_DEVICE)?;
         let Some(hdm) = hb.hdm else {
             println!("region hb uid={} passthrough", hbp.uid);
@@ -313,7 +321,7 @@ fn commit_region(topo: &Topology, req: &Request, log: &mut CommitLog) -> Result<
             "region hb uid={} decoder={n} ways={} gran={} targets={}",
             hbp.uid,
             hbp.ways,
-            req.hb_gran,
+            hb_gran,
             Csv(hbp.ports())
         );
     }

@@ -1,0 +1,324 @@
+//! RAM alias overlays: keeps, in every window container, exactly the direct RAM mappings the
+//! planner derives from the current decode graph.
+//!
+//! Called by the fabric (as its [`DecodeListener`]) with the fabric lock held, inside the guest
+//! register write that changed decoding, so the guest never sees Committed (or Mem_Enable taking
+//! effect) before the mapping it implies is in place, and never keeps a mapping after the state
+//! that justified it is gone. Each change is one memory-API transaction.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use cxlvm_memory::{AddressSpace, RamBacking, RegionId};
+use tracing::{error, info};
+
+use crate::fabric::DecodeListener;
+use crate::graph::DecodeGraph;
+use crate::planner::{self, Piece, RangePlan};
+use crate::window::DeviceMemory;
+
+/// Priority of overlays inside a window container (the dispatcher is at 0).
+pub const OVERLAY_PRIORITY: i32 = 1;
+
+/// How a range of a window is served now.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RangeState {
+    /// Window index.
+    pub window: usize,
+    /// HPA start.
+    pub hpa: u64,
+    /// Length.
+    pub len: u64,
+    /// `"linear"`, `"interleaved"` or `"mmio"`.
+    pub mode: &'static str,
+    /// Host mappings (VMAs) it uses.
+    pub mappings: u64,
+    /// Why it is MMIO, or what it maps.
+    pub detail: String,
+}
+
+struct Installed {
+    plan: RangePlan,
+    regions: Vec<RegionId>,
+    mappings: u64,
+}
+
+/// Manages the overlays of all windows.
+pub struct OverlayManager {
+    space: Arc<Mutex<AddressSpace>>,
+    /// (container, base) per window.
+    windows: Vec<(RegionId, u64)>,
+    /// Unplaced RAM regions over each device's (volatile, persistent) backing.
+    device_ram: Vec<(Option<RegionId>, Option<RegionId>)>,
+    memories: Arc<[DeviceMemory]>,
+    vma_budget: u64,
+    installed: Mutex<BTreeMap<(usize, u64), Installed>>,
+    mmio_only: Mutex<Vec<RangeState>>,
+    fatal: Box<dyn Fn(String) + Send + Sync>,
+}
+
+fn same(a: &RangePlan, b: &RangePlan) -> bool {
+    match (a, b) {
+        (
+            RangePlan::Linear { window, hpa, len, device, dpa },
+            RangePlan::Linear { window: w2, hpa: h2, len: l2, device: d2, dpa: p2 },
+        ) => (window, hpa, len, device, dpa) == (w2, h2, l2, d2, p2),
+        (
+            RangePlan::Interleaved { window, hpa, len, pieces },
+            RangePlan::Interleaved { window: w2, hpa: h2, len: l2, pieces: p2 },
+        ) => (window, hpa, len) == (w2, h2, l2) && pieces[..] == p2[..],
+        _ => false,
+    }
+}
+
+fn describe(p: &RangePlan) -> String {
+    match p {
+        RangePlan::Linear { device, dpa, .. } => format!("linear: device {device} DPA {dpa:#x}"),
+        RangePlan::Interleaved { pieces, .. } => {
+            let mut devs: Vec<usize> = pieces.iter().map(|p| p.device).collect();
+            devs.sort_unstable();
+            devs.dedup();
+            format!("interleaved over devices {devs:?}, {} pieces", pieces.len())
+        }
+        RangePlan::MmioOnly { reason, .. } => reason.clone(),
+    }
+}
+
+fn key(p: &RangePlan) -> (usize, u64, u64) {
+    match p {
+        RangePlan::Linear { window, hpa, len, .. }
+        | RangePlan::Interleaved { window, hpa, len, .. }
+        | RangePlan::MmioOnly { window, hpa, len, .. } => (*window, *hpa, *len),
+    }
+}
+
+impl OverlayManager {
+    /// Overlays for `windows` (container region, base) over `memories`, whose unplaced RAM
+    /// regions are `device_ram`. `fatal` stops the VM if a mapping that is no longer justified
+    /// cannot be removed.
+    pub fn new(
+        space: Arc<Mutex<AddressSpace>>,
+        windows: Vec<(RegionId, u64)>,
+        device_ram: Vec<(Option<RegionId>, Option<RegionId>)>,
+        memories: Arc<[DeviceMemory]>,
+        vma_budget: u64,
+        fatal: Box<dyn Fn(String) + Send + Sync>,
+    ) -> Self {
+        Self {
+            space,
+            windows,
+            device_ram,
+            memories,
+            vma_budget,
+            installed: Mutex::new(BTreeMap::new()),
+            mmio_only: Mutex::new(Vec::new()),
+            fatal,
+        }
+    }
+
+    /// The state of every decoded range (mapped or MMIO), sorted by window and HPA.
+    pub fn ranges(&self) -> Vec<RangeState> {
+        let mut v: Vec<RangeState> = self
+            .installed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|i| {
+                let (window, hpa, len) = key(&i.plan);
+                RangeState {
+                    window,
+                    hpa,
+                    len,
+                    mode: if matches!(i.plan, RangePlan::Linear { .. }) { "linear" } else { "interleaved" },
+                    mappings: i.mappings,
+                    detail: describe(&i.plan),
+                }
+            })
+            .collect();
+        v.extend(self.mmio_only.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
+        v.sort_by_key(|r| (r.window, r.hpa));
+        v
+    }
+
+    /// Translates a run of DPA into (RAM region, offset) pieces, splitting at the volatile /
+    /// persistent boundary.
+    fn dpa_regions(&self, device: usize, dpa: u64, len: u64) -> Vec<(RegionId, Arc<RamBacking>, u64, u64)> {
+        let mut out = Vec::new();
+        let Some(mem) = self.memories.get(device) else { return out };
+        let (vreg, preg) = self.device_ram.get(device).copied().unwrap_or((None, None));
+        let vsize = mem.volatile_bytes();
+        let (mut at, end) = (dpa, dpa + len);
+        while at < end {
+            if at < vsize {
+                let n = (vsize - at).min(end - at);
+                if let (Some(r), Some(b)) = (vreg, mem.volatile.clone()) {
+                    out.push((r, b, at, n));
+                }
+                at += n;
+            } else {
+                if let (Some(r), Some(b)) = (preg, mem.persistent.clone()) {
+                    out.push((r, b, at - vsize, end - at));
+                }
+                at = end;
+            }
+        }
+        out
+    }
+
+    /// Brings the overlays in line with `graph` (one transaction).
+    pub fn apply(&self, graph: &DecodeGraph) {
+        let plans = planner::plan(graph, self.vma_budget);
+        let mut installed = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+        let wanted: Vec<&RangePlan> = plans.iter().filter(|p| !matches!(p, RangePlan::MmioOnly { .. })).collect();
+        let stale: Vec<(usize, u64)> = installed
+            .iter()
+            .filter(|(_, i)| !wanted.iter().any(|p| same(p, &i.plan)))
+            .map(|(k, _)| *k)
+            .collect();
+        let new: Vec<&RangePlan> = wanted
+            .iter()
+            .copied()
+            .filter(|p| !installed.values().any(|i| same(p, &i.plan)))
+            .collect();
+        *self.mmio_only.lock().unwrap_or_else(|e| e.into_inner()) = plans
+            .iter()
+            .filter_map(|p| match p {
+                RangePlan::MmioOnly { window, hpa, len, reason } => Some(RangeState {
+                    window: *window,
+                    hpa: *hpa,
+                    len: *len,
+                    mode: "mmio",
+                    mappings: 0,
+                    detail: reason.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        if stale.is_empty() && new.is_empty() {
+            return;
+        }
+        // Build stitched backings before taking the address-space lock (mmaps can take a while).
+        let mut prepared = Vec::new();
+        for p in &new {
+            match self.prepare(p) {
+                Ok(x) => prepared.push(x),
+                Err(e) => {
+                    let (window, hpa, len) = key(p);
+                    error!("window {window} [{hpa:#x}, {:#x}): cannot build direct mapping, stays MMIO: {e}", hpa + len);
+                    self.mmio_only.lock().unwrap_or_else(|e| e.into_inner()).push(RangeState {
+                        window,
+                        hpa,
+                        len,
+                        mode: "mmio",
+                        mappings: 0,
+                        detail: format!("direct mapping failed: {e}"),
+                    });
+                }
+            }
+        }
+        let mut space = self.space.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tx = space.begin();
+        let mut ok = true;
+        let mut removed = Vec::new();
+        for k in &stale {
+            if let Some(i) = installed.get(k) {
+                for &r in &i.regions {
+                    ok &= tx.unplace(r).is_ok() && tx.remove(r).is_ok();
+                }
+                removed.push(*k);
+            }
+        }
+        let mut added = Vec::new();
+        for (plan, parts) in prepared {
+            let (w, hpa, _len) = key(plan);
+            let Some(&(container, base)) = self.windows.get(w) else { continue };
+            let mut regions = Vec::new();
+            let mut mappings = 0;
+            for part in parts {
+                let r = match part {
+                    Part::Alias { target, offset, at, len } => tx.add_alias("cxl.alias", target, offset, len).map(|r| (r, at, 1)),
+                    Part::Stitched { backing, at } => {
+                        let n = backing.mappings() as u64;
+                        let size = backing.size();
+                        tx.add_ram("cxl.interleave", backing, 0, size, false).map(|r| (r, at, n))
+                    }
+                };
+                match r.and_then(|(r, at, n)| tx.place(container, r, at - base, OVERLAY_PRIORITY).map(|()| (r, n))) {
+                    Ok((r, n)) => {
+                        regions.push(r);
+                        mappings += n;
+                    }
+                    Err(e) => {
+                        error!("window {w} [{hpa:#x}, ..): overlay rejected: {e}");
+                        ok = false;
+                    }
+                }
+            }
+            added.push((plan.clone(), regions, mappings));
+        }
+        if !ok {
+            drop(tx);
+            drop(space);
+            (self.fatal)("CXL overlays: the memory map refused a change the decoders require".into());
+            return;
+        }
+        match tx.commit() {
+            Ok(_) => {
+                for k in removed {
+                    if let Some(i) = installed.remove(&k) {
+                        let (w, hpa, len) = key(&i.plan);
+                        info!("window {w} [{hpa:#x}, {:#x}): RAM -> MMIO (no longer decoded this way)", hpa + len);
+                    }
+                }
+                for (plan, regions, mappings) in added {
+                    let (w, hpa, len) = key(&plan);
+                    info!("window {w} [{hpa:#x}, {:#x}): MMIO -> RAM ({})", hpa + len, describe(&plan));
+                    installed.insert((w, hpa), Installed { plan, regions, mappings });
+                }
+            }
+            Err(e) => {
+                drop(space);
+                (self.fatal)(format!("CXL overlays: cannot apply the mappings the decoders require: {e}"));
+            }
+        }
+    }
+
+    fn prepare<'p>(&self, p: &'p RangePlan) -> Result<(&'p RangePlan, Vec<Part>), String> {
+        match p {
+            RangePlan::Linear { hpa, len, device, dpa, .. } => {
+                let mut parts = Vec::new();
+                let mut at = *hpa;
+                for (region, _b, off, n) in self.dpa_regions(*device, *dpa, *len) {
+                    parts.push(Part::Alias { target: region, offset: off, at, len: n });
+                    at += n;
+                }
+                if at != hpa + len {
+                    return Err(format!("device {device} has no backing for DPA {dpa:#x}+{len:#x}"));
+                }
+                Ok((p, parts))
+            }
+            RangePlan::Interleaved { hpa, pieces, .. } => {
+                let mut src = Vec::with_capacity(pieces.len());
+                for &Piece { device, dpa, len } in pieces.iter() {
+                    for (_r, b, off, n) in self.dpa_regions(device, dpa, len) {
+                        src.push((b, off, n));
+                    }
+                }
+                let backing = RamBacking::stitched("cxl.interleave", &src).map_err(|e| e.to_string())?;
+                Ok((p, vec![Part::Stitched { backing, at: *hpa }]))
+            }
+            RangePlan::MmioOnly { .. } => Ok((p, vec![])),
+        }
+    }
+}
+
+enum Part {
+    Alias { target: RegionId, offset: u64, at: u64, len: u64 },
+    Stitched { backing: Arc<RamBacking>, at: u64 },
+}
+
+impl DecodeListener for OverlayManager {
+    fn decoding_changed(&self, graph: &Arc<DecodeGraph>) {
+        self.apply(graph);
+    }
+}
