@@ -20,10 +20,12 @@ const LSA_PATTERN: [u8; 16] = *b"cxlvm-lsa-probe!";
 /// Set Timestamp value: 2026-01-01T00:00:00Z in ns, plus the guest's TSC time.
 const TIMESTAMP_BASE_NS: u64 = 1_767_225_600_000_000_000;
 
-/// A probe failure: what failed, the mailbox return code (if any), an extra value.
+/// A probe failure: what failed, the mailbox return code (if any), the mailbox transport error
+/// (doorbell busy or stuck), an extra value.
 struct Fail {
     what: &'static str,
     rc: Option<u16>,
+    error: Option<MailboxError>,
     detail: Option<u64>,
     status: i32,
 }
@@ -33,6 +35,7 @@ impl Fail {
         Self {
             what,
             rc: None,
+            error: None,
             detail,
             status: BAD_REGISTERS,
         }
@@ -42,16 +45,19 @@ impl Fail {
         Self {
             what,
             rc: e.rc(),
+            error: e.rc().is_none().then_some(e),
             detail: None,
             status: MAILBOX,
         }
     }
 
-    fn short(what: &'static str, len: usize) -> Self {
+    /// A command that succeeded with a wrong output (`value`: its length or the bad field).
+    fn output(what: &'static str, value: u64) -> Self {
         Self {
             what,
             rc: Some(rc::SUCCESS),
-            detail: Some(len as u64),
+            error: None,
+            detail: Some(value),
             status: MAILBOX,
         }
     }
@@ -62,6 +68,9 @@ impl fmt::Display for Fail {
         match self.rc {
             Some(rc) => write!(f, "{} rc={rc}", self.what)?,
             None => write!(f, "{} rc=-1", self.what)?,
+        }
+        if let Some(e) = self.error {
+            write!(f, " error={e}")?;
         }
         if let Some(v) = self.detail {
             write!(f, " value={v:#x}")?;
@@ -97,7 +106,7 @@ fn send(
 ) -> Result<usize, Fail> {
     let len = mb.send(op, input, out).map_err(|e| Fail::mbox(what, e))?;
     if len < min {
-        return Err(Fail::short(what, len));
+        return Err(Fail::output(what, len as u64));
     }
     Ok(len)
 }
@@ -154,7 +163,7 @@ fn probe_device(topo: &Topology, i: usize, t: &Type3) -> Result<(), Fail> {
         8,
     )?;
     let cel_size = cxl::find_log(&buf[..len.min(chunk)], &CEL_UUID)
-        .ok_or(Fail::reg("cel-not-listed", None))?;
+        .ok_or(Fail::output("cel-not-listed", len as u64))?;
 
     // 0x0401 Get Log: the whole CEL, in chunks.
     let mut opcodes = [0u16; MAX_CEL];
@@ -202,7 +211,8 @@ fn probe_device(topo: &Topology, i: usize, t: &Type3) -> Result<(), Fail> {
         &mut buf[..chunk],
         out_len::IDENTIFY,
     )?;
-    let id = cxl::decode_identify(&buf[..len.min(chunk)]).ok_or(Fail::short("identify", len))?;
+    let id =
+        cxl::decode_identify(&buf[..len.min(chunk)]).ok_or(Fail::output("identify", len as u64))?;
 
     // 0x4100 Get Partition Info, 0x4200 Get Health Info.
     send(
@@ -242,12 +252,7 @@ fn probe_device(topo: &Topology, i: usize, t: &Type3) -> Result<(), Fail> {
         )?;
         let records = cxl::event_record_count(&buf[..len.min(chunk)]).unwrap_or(u16::MAX);
         if records != 0 {
-            return Err(Fail {
-                what,
-                rc: Some(rc::SUCCESS),
-                detail: Some(records.into()),
-                status: MAILBOX,
-            });
+            return Err(Fail::output(what, records.into()));
         }
     }
 
@@ -269,12 +274,7 @@ fn probe_device(topo: &Topology, i: usize, t: &Type3) -> Result<(), Fail> {
     match mb.send(0xffff, &[], &mut buf[..chunk]) {
         Err(MailboxError::Rc(rc::UNSUPPORTED)) => {}
         Ok(_) => {
-            return Err(Fail {
-                what: "unknown-opcode",
-                rc: Some(rc::SUCCESS),
-                detail: None,
-                status: MAILBOX,
-            });
+            return Err(Fail::output("unknown-opcode", 0));
         }
         Err(e) => return Err(Fail::mbox("unknown-opcode", e)),
     }
@@ -343,10 +343,8 @@ fn check_lsa(mb: &Mailbox, lsa_size: u32) -> Result<(), Fail> {
     if !matches {
         let first = u64::from_le_bytes(back[..8].try_into().unwrap_or([0; 8]));
         return Err(Fail {
-            what: "lsa-mismatch",
-            rc: Some(rc::SUCCESS),
-            detail: Some(first),
             status: MISMATCH,
+            ..Fail::output("lsa-mismatch", first)
         });
     }
     Ok(())
