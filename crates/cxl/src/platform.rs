@@ -167,6 +167,9 @@ pub struct CxlPlatform {
     pub root_ports: Vec<Vec<Arc<RootPort>>>,
 }
 
+/// A device's opened (persistent capacity, label storage area) files.
+pub type DeviceFiles = (Option<std::fs::File>, Option<std::fs::File>);
+
 /// XOR maps cxlvm publishes for a window of `ways` (power of 2) at granularity encoding `g`
 /// (docs/guest-abi.md).
 pub fn xormaps(ways: Ways, gran: Granularity) -> Vec<u64> {
@@ -316,9 +319,7 @@ pub fn planned_ranges(topo: &Topology, layout: &PlatformLayout) -> Vec<(u64, u64
 impl CxlPlatform {
     /// Opens (or creates, sparse) every device file. Call before anything else is started so
     /// that unusable files are reported as user errors with nothing half-built.
-    pub fn open_files(
-        topo: &Topology,
-    ) -> Result<Vec<(Option<std::fs::File>, Option<std::fs::File>)>, PlatformError> {
+    pub fn open_files(topo: &Topology) -> Result<Vec<DeviceFiles>, PlatformError> {
         topo.devices
             .iter()
             .map(|d| {
@@ -343,7 +344,7 @@ impl CxlPlatform {
     /// Builds everything into `space`. `topo` must have passed [`Topology::validate`].
     pub fn build(
         topo: &Topology,
-        files: Vec<(Option<std::fs::File>, Option<std::fs::File>)>,
+        files: Vec<DeviceFiles>,
         space: &Arc<Mutex<AddressSpace>>,
         layout: PlatformLayout,
     ) -> Result<Self, PlatformError> {

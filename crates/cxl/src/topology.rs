@@ -211,9 +211,9 @@ fn item(kind: &str, id: &str, problem: impl Into<String>) -> TopologyError {
 pub const VALID_WAYS: [usize; 8] = [1, 2, 3, 4, 6, 8, 12, 16];
 
 fn fmt_size(b: u64) -> String {
-    if b >= 1 << 30 && b % (1 << 30) == 0 {
+    if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
         format!("{} GiB", b >> 30)
-    } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+    } else if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
         format!("{} MiB", b >> 20)
     } else {
         format!("{b:#x} bytes")
@@ -340,10 +340,10 @@ impl Topology {
                     h.root_ports
                 )));
             }
-            if let Some(d) = h.decoders {
-                if !matches!(d, 1 | 2 | 4 | 6 | 8 | 10) {
-                    return Err(hb(format!("decoders = {d}: must be 1, 2, 4, 6, 8 or 10")));
-                }
+            if let Some(d) = h.decoders
+                && !matches!(d, 1 | 2 | 4 | 6 | 8 | 10)
+            {
+                return Err(hb(format!("decoders = {d}: must be 1, 2, 4, 6, 8 or 10")));
             }
         }
         let mut ports = BTreeSet::new();
@@ -395,10 +395,10 @@ impl Topology {
                     "persistent_file/lsa_file given without persistent capacity".into(),
                 ));
             }
-            if let Some(n) = d.decoders {
-                if !matches!(n, 1 | 2 | 4 | 6 | 8 | 10) {
-                    return Err(dev(format!("decoders = {n}: must be 1, 2, 4, 6, 8 or 10")));
-                }
+            if let Some(n) = d.decoders
+                && !matches!(n, 1 | 2 | 4 | 6 | 8 | 10)
+            {
+                return Err(dev(format!("decoders = {n}: must be 1, 2, 4, 6, 8 or 10")));
             }
         }
         for w in &self.windows {
@@ -459,7 +459,7 @@ impl Topology {
             if base % CXL_UNIT != 0 {
                 return Err(win(format!("base {base:#x} is not 256 MiB aligned")));
             }
-            let end = base.checked_add(w.size.0).unwrap_or(u64::MAX);
+            let end = base.saturating_add(w.size.0);
             if base < limits.window_min || end > limits.window_max {
                 return Err(win(format!(
                     "[{base:#x}, {end:#x}) is outside the window area [{:#x}, {:#x})",
@@ -479,18 +479,27 @@ impl Topology {
             let size = self.windows[i].size.0;
             let mut base = limits.window_min.next_multiple_of(CXL_UNIT);
             loop {
-                let end = base.checked_add(size).unwrap_or(u64::MAX);
+                let end = base.saturating_add(size);
                 match taken
                     .iter()
                     .filter(|(s, e, _)| base < *e && *s < end)
                     .map(|(_, e, _)| *e)
                     .max()
                 {
-                    Some(e) => base = e.next_multiple_of(CXL_UNIT),
+                    Some(e) => match e.checked_next_multiple_of(CXL_UNIT) {
+                        Some(b) => base = b,
+                        None => {
+                            return Err(item(
+                                "window",
+                                &self.windows[i].id,
+                                "no room left in the window area".to_owned(),
+                            ));
+                        }
+                    },
                     None => break,
                 }
             }
-            let end = base.checked_add(size).unwrap_or(u64::MAX);
+            let end = base.saturating_add(size);
             if end > limits.window_max {
                 return Err(item(
                     "window",
@@ -580,9 +589,12 @@ targets = ["hb0"]
         t.validate(&limits()).unwrap_err().to_string()
     }
 
+    /// An edit of a valid topology and the message it must produce.
+    type Case = (Box<dyn Fn(&mut Topology)>, &'static str);
+
     #[test]
     fn each_problem_names_its_item() {
-        let cases: Vec<(Box<dyn Fn(&mut Topology)>, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 Box::new(|t| t.windows[0].size = Size(100 << 20)),
                 "window 'w0': size 100 MiB is not a non-zero multiple of 256 MiB",
