@@ -9,6 +9,8 @@
 //! - [`fabric`]: the live components (registers, enables) behind one lock; republishes the graph.
 //! - [`window`]: the fixed-window MMIO dispatcher over the decode graph.
 //! - [`dvsec`]: CXL DVSECs in PCI configuration space.
+//! - [`planner`] / [`overlay`]: which decoded ranges can be mapped directly, and keeping the RAM
+//!   alias overlays of the windows equal to that plan.
 //! - [`platform`]: builds the guest-visible platform (backings, fabric, windows, CHBCRs, PCI
 //!   functions, BARs) from a topology.
 //! - [`topology`]: host bridges, devices and windows from TOML or short flags, and their checks.
@@ -22,6 +24,7 @@ pub mod graph;
 pub mod hdm;
 pub mod interleave;
 pub mod mailbox;
+pub mod overlay;
 pub mod planner;
 pub mod platform;
 pub mod topology;

@@ -7,7 +7,10 @@
 //! that justified it is gone. Each change is one memory-API transaction.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 
 use cxlvm_memory::{AddressSpace, RamBacking, RegionId};
 use tracing::{error, info};
@@ -52,6 +55,8 @@ pub struct OverlayManager {
     device_ram: Vec<(Option<RegionId>, Option<RegionId>)>,
     memories: Arc<[DeviceMemory]>,
     vma_budget: u64,
+    graph: Arc<ArcSwap<DecodeGraph>>,
+    direct: AtomicBool,
     installed: Mutex<BTreeMap<(usize, u64), Installed>>,
     mmio_only: Mutex<Vec<RangeState>>,
     fatal: Box<dyn Fn(String) + Send + Sync>,
@@ -60,12 +65,34 @@ pub struct OverlayManager {
 fn same(a: &RangePlan, b: &RangePlan) -> bool {
     match (a, b) {
         (
-            RangePlan::Linear { window, hpa, len, device, dpa },
-            RangePlan::Linear { window: w2, hpa: h2, len: l2, device: d2, dpa: p2 },
+            RangePlan::Linear {
+                window,
+                hpa,
+                len,
+                device,
+                dpa,
+            },
+            RangePlan::Linear {
+                window: w2,
+                hpa: h2,
+                len: l2,
+                device: d2,
+                dpa: p2,
+            },
         ) => (window, hpa, len, device, dpa) == (w2, h2, l2, d2, p2),
         (
-            RangePlan::Interleaved { window, hpa, len, pieces },
-            RangePlan::Interleaved { window: w2, hpa: h2, len: l2, pieces: p2 },
+            RangePlan::Interleaved {
+                window,
+                hpa,
+                len,
+                pieces,
+            },
+            RangePlan::Interleaved {
+                window: w2,
+                hpa: h2,
+                len: l2,
+                pieces: p2,
+            },
         ) => (window, hpa, len) == (w2, h2, l2) && pieces[..] == p2[..],
         _ => false,
     }
@@ -86,22 +113,31 @@ fn describe(p: &RangePlan) -> String {
 
 fn key(p: &RangePlan) -> (usize, u64, u64) {
     match p {
-        RangePlan::Linear { window, hpa, len, .. }
-        | RangePlan::Interleaved { window, hpa, len, .. }
-        | RangePlan::MmioOnly { window, hpa, len, .. } => (*window, *hpa, *len),
+        RangePlan::Linear {
+            window, hpa, len, ..
+        }
+        | RangePlan::Interleaved {
+            window, hpa, len, ..
+        }
+        | RangePlan::MmioOnly {
+            window, hpa, len, ..
+        } => (*window, *hpa, *len),
     }
 }
 
 impl OverlayManager {
     /// Overlays for `windows` (container region, base) over `memories`, whose unplaced RAM
-    /// regions are `device_ram`. `fatal` stops the VM if a mapping that is no longer justified
-    /// cannot be removed.
+    /// regions are `device_ram`, following the decode graph published in `graph`. `fatal` stops
+    /// the VM if a mapping that is no longer justified cannot be removed.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         space: Arc<Mutex<AddressSpace>>,
         windows: Vec<(RegionId, u64)>,
         device_ram: Vec<(Option<RegionId>, Option<RegionId>)>,
         memories: Arc<[DeviceMemory]>,
         vma_budget: u64,
+        graph: Arc<ArcSwap<DecodeGraph>>,
+        direct: bool,
         fatal: Box<dyn Fn(String) + Send + Sync>,
     ) -> Self {
         Self {
@@ -110,6 +146,8 @@ impl OverlayManager {
             device_ram,
             memories,
             vma_budget,
+            graph,
+            direct: AtomicBool::new(direct),
             installed: Mutex::new(BTreeMap::new()),
             mmio_only: Mutex::new(Vec::new()),
             fatal,
@@ -129,22 +167,39 @@ impl OverlayManager {
                     window,
                     hpa,
                     len,
-                    mode: if matches!(i.plan, RangePlan::Linear { .. }) { "linear" } else { "interleaved" },
+                    mode: if matches!(i.plan, RangePlan::Linear { .. }) {
+                        "linear"
+                    } else {
+                        "interleaved"
+                    },
                     mappings: i.mappings,
                     detail: describe(&i.plan),
                 }
             })
             .collect();
-        v.extend(self.mmio_only.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
+        v.extend(
+            self.mmio_only
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
         v.sort_by_key(|r| (r.window, r.hpa));
         v
     }
 
     /// Translates a run of DPA into (RAM region, offset) pieces, splitting at the volatile /
     /// persistent boundary.
-    fn dpa_regions(&self, device: usize, dpa: u64, len: u64) -> Vec<(RegionId, Arc<RamBacking>, u64, u64)> {
+    fn dpa_regions(
+        &self,
+        device: usize,
+        dpa: u64,
+        len: u64,
+    ) -> Vec<(RegionId, Arc<RamBacking>, u64, u64)> {
         let mut out = Vec::new();
-        let Some(mem) = self.memories.get(device) else { return out };
+        let Some(mem) = self.memories.get(device) else {
+            return out;
+        };
         let (vreg, preg) = self.device_ram.get(device).copied().unwrap_or((None, None));
         let vsize = mem.volatile_bytes();
         let (mut at, end) = (dpa, dpa + len);
@@ -165,11 +220,48 @@ impl OverlayManager {
         out
     }
 
-    /// Brings the overlays in line with `graph` (one transaction).
-    pub fn apply(&self, graph: &DecodeGraph) {
-        let plans = planner::plan(graph, self.vma_budget);
+    /// Whether direct mappings are allowed.
+    pub fn direct(&self) -> bool {
+        self.direct.load(Ordering::Relaxed)
+    }
+
+    /// Allows direct mappings, or keeps every range on the exact MMIO path; done on return.
+    pub fn set_direct(&self, on: bool) {
+        if self.direct.swap(on, Ordering::Relaxed) != on {
+            info!(
+                "CXL direct mappings {}",
+                if on {
+                    "allowed"
+                } else {
+                    "disabled: MMIO path only"
+                }
+            );
+            self.apply();
+        }
+    }
+
+    /// Brings the overlays in line with the current decode graph (one transaction).
+    pub fn apply(&self) {
         let mut installed = self.installed.lock().unwrap_or_else(|e| e.into_inner());
-        let wanted: Vec<&RangePlan> = plans.iter().filter(|p| !matches!(p, RangePlan::MmioOnly { .. })).collect();
+        let graph = self.graph.load_full();
+        let mut plans = planner::plan(&graph, self.vma_budget);
+        if !self.direct() {
+            for p in &mut plans {
+                if !matches!(p, RangePlan::MmioOnly { .. }) {
+                    let (window, hpa, len) = key(p);
+                    *p = RangePlan::MmioOnly {
+                        window,
+                        hpa,
+                        len,
+                        reason: "direct mapping disabled".into(),
+                    };
+                }
+            }
+        }
+        let wanted: Vec<&RangePlan> = plans
+            .iter()
+            .filter(|p| !matches!(p, RangePlan::MmioOnly { .. }))
+            .collect();
         let stale: Vec<(usize, u64)> = installed
             .iter()
             .filter(|(_, i)| !wanted.iter().any(|p| same(p, &i.plan)))
@@ -180,10 +272,15 @@ impl OverlayManager {
             .copied()
             .filter(|p| !installed.values().any(|i| same(p, &i.plan)))
             .collect();
-        *self.mmio_only.lock().unwrap_or_else(|e| e.into_inner()) = plans
+        let mmio_now: Vec<RangeState> = plans
             .iter()
             .filter_map(|p| match p {
-                RangePlan::MmioOnly { window, hpa, len, reason } => Some(RangeState {
+                RangePlan::MmioOnly {
+                    window,
+                    hpa,
+                    len,
+                    reason,
+                } => Some(RangeState {
                     window: *window,
                     hpa: *hpa,
                     len: *len,
@@ -194,6 +291,21 @@ impl OverlayManager {
                 _ => None,
             })
             .collect();
+        {
+            let mut mmio = self.mmio_only.lock().unwrap_or_else(|e| e.into_inner());
+            for m in &mmio_now {
+                if !mmio.contains(m) {
+                    info!(
+                        "window {} [{:#x}, {:#x}): decoded, stays on the MMIO path: {}",
+                        m.window,
+                        m.hpa,
+                        m.hpa + m.len,
+                        m.detail
+                    );
+                }
+            }
+            *mmio = mmio_now;
+        }
         if stale.is_empty() && new.is_empty() {
             return;
         }
@@ -204,15 +316,21 @@ impl OverlayManager {
                 Ok(x) => prepared.push(x),
                 Err(e) => {
                     let (window, hpa, len) = key(p);
-                    error!("window {window} [{hpa:#x}, {:#x}): cannot build direct mapping, stays MMIO: {e}", hpa + len);
-                    self.mmio_only.lock().unwrap_or_else(|e| e.into_inner()).push(RangeState {
-                        window,
-                        hpa,
-                        len,
-                        mode: "mmio",
-                        mappings: 0,
-                        detail: format!("direct mapping failed: {e}"),
-                    });
+                    error!(
+                        "window {window} [{hpa:#x}, {:#x}): cannot build direct mapping, stays MMIO: {e}",
+                        hpa + len
+                    );
+                    self.mmio_only
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(RangeState {
+                            window,
+                            hpa,
+                            len,
+                            mode: "mmio",
+                            mappings: 0,
+                            detail: format!("direct mapping failed: {e}"),
+                        });
                 }
             }
         }
@@ -231,19 +349,32 @@ impl OverlayManager {
         let mut added = Vec::new();
         for (plan, parts) in prepared {
             let (w, hpa, _len) = key(plan);
-            let Some(&(container, base)) = self.windows.get(w) else { continue };
+            let Some(&(container, base)) = self.windows.get(w) else {
+                continue;
+            };
             let mut regions = Vec::new();
             let mut mappings = 0;
             for part in parts {
                 let r = match part {
-                    Part::Alias { target, offset, at, len } => tx.add_alias("cxl.alias", target, offset, len).map(|r| (r, at, 1)),
+                    Part::Alias {
+                        target,
+                        offset,
+                        at,
+                        len,
+                    } => tx
+                        .add_alias("cxl.alias", target, offset, len)
+                        .map(|r| (r, at, 1)),
                     Part::Stitched { backing, at } => {
                         let n = backing.mappings() as u64;
                         let size = backing.size();
-                        tx.add_ram("cxl.interleave", backing, 0, size, false).map(|r| (r, at, n))
+                        tx.add_ram("cxl.interleave", backing, 0, size, false)
+                            .map(|r| (r, at, n))
                     }
                 };
-                match r.and_then(|(r, at, n)| tx.place(container, r, at - base, OVERLAY_PRIORITY).map(|()| (r, n))) {
+                match r.and_then(|(r, at, n)| {
+                    tx.place(container, r, at - base, OVERLAY_PRIORITY)
+                        .map(|()| (r, n))
+                }) {
                     Ok((r, n)) => {
                         regions.push(r);
                         mappings += n;
@@ -259,7 +390,9 @@ impl OverlayManager {
         if !ok {
             drop(tx);
             drop(space);
-            (self.fatal)("CXL overlays: the memory map refused a change the decoders require".into());
+            (self.fatal)(
+                "CXL overlays: the memory map refused a change the decoders require".into(),
+            );
             return;
         }
         match tx.commit() {
@@ -267,33 +400,67 @@ impl OverlayManager {
                 for k in removed {
                     if let Some(i) = installed.remove(&k) {
                         let (w, hpa, len) = key(&i.plan);
-                        info!("window {w} [{hpa:#x}, {:#x}): RAM -> MMIO (no longer decoded this way)", hpa + len);
+                        let why = if self.direct() {
+                            "no longer decoded this way"
+                        } else {
+                            "direct mapping disabled"
+                        };
+                        info!(
+                            "window {w} [{hpa:#x}, {:#x}): RAM -> MMIO ({why})",
+                            hpa + len
+                        );
                     }
                 }
                 for (plan, regions, mappings) in added {
                     let (w, hpa, len) = key(&plan);
-                    info!("window {w} [{hpa:#x}, {:#x}): MMIO -> RAM ({})", hpa + len, describe(&plan));
-                    installed.insert((w, hpa), Installed { plan, regions, mappings });
+                    info!(
+                        "window {w} [{hpa:#x}, {:#x}): MMIO -> RAM ({})",
+                        hpa + len,
+                        describe(&plan)
+                    );
+                    installed.insert(
+                        (w, hpa),
+                        Installed {
+                            plan,
+                            regions,
+                            mappings,
+                        },
+                    );
                 }
             }
             Err(e) => {
                 drop(space);
-                (self.fatal)(format!("CXL overlays: cannot apply the mappings the decoders require: {e}"));
+                (self.fatal)(format!(
+                    "CXL overlays: cannot apply the mappings the decoders require: {e}"
+                ));
             }
         }
     }
 
     fn prepare<'p>(&self, p: &'p RangePlan) -> Result<(&'p RangePlan, Vec<Part>), String> {
         match p {
-            RangePlan::Linear { hpa, len, device, dpa, .. } => {
+            RangePlan::Linear {
+                hpa,
+                len,
+                device,
+                dpa,
+                ..
+            } => {
                 let mut parts = Vec::new();
                 let mut at = *hpa;
                 for (region, _b, off, n) in self.dpa_regions(*device, *dpa, *len) {
-                    parts.push(Part::Alias { target: region, offset: off, at, len: n });
+                    parts.push(Part::Alias {
+                        target: region,
+                        offset: off,
+                        at,
+                        len: n,
+                    });
                     at += n;
                 }
                 if at != hpa + len {
-                    return Err(format!("device {device} has no backing for DPA {dpa:#x}+{len:#x}"));
+                    return Err(format!(
+                        "device {device} has no backing for DPA {dpa:#x}+{len:#x}"
+                    ));
                 }
                 Ok((p, parts))
             }
@@ -304,7 +471,8 @@ impl OverlayManager {
                         src.push((b, off, n));
                     }
                 }
-                let backing = RamBacking::stitched("cxl.interleave", &src).map_err(|e| e.to_string())?;
+                let backing =
+                    RamBacking::stitched("cxl.interleave", &src).map_err(|e| e.to_string())?;
                 Ok((p, vec![Part::Stitched { backing, at: *hpa }]))
             }
             RangePlan::MmioOnly { .. } => Ok((p, vec![])),
@@ -313,12 +481,21 @@ impl OverlayManager {
 }
 
 enum Part {
-    Alias { target: RegionId, offset: u64, at: u64, len: u64 },
-    Stitched { backing: Arc<RamBacking>, at: u64 },
+    Alias {
+        target: RegionId,
+        offset: u64,
+        at: u64,
+        len: u64,
+    },
+    Stitched {
+        backing: Arc<RamBacking>,
+        at: u64,
+    },
 }
 
 impl DecodeListener for OverlayManager {
-    fn decoding_changed(&self, graph: &Arc<DecodeGraph>) {
-        self.apply(graph);
+    fn decoding_changed(&self, _graph: &Arc<DecodeGraph>) {
+        // The fabric published this graph before calling; apply() loads the latest under its lock.
+        self.apply();
     }
 }

@@ -18,9 +18,11 @@
 //!   `Target::Device` with the device and DPA the plan gives. Those ranges never contain a byte
 //!   that `route()` leaves unclaimed.
 //! * **Completeness**: every byte that `route()` sends to a device lies in exactly one range.
-//! * `MmioOnly` ranges begin and end on claimed bytes; only those whose reason starts with
-//!   `"partially decoded"` or `"routing period"` may contain unclaimed bytes (they stay on the
-//!   MMIO path, which routes each access exactly, so that is harmless).
+//! * Only `MmioOnly` ranges whose reason starts with `"partially decoded"` or `"routing period"`
+//!   may contain unclaimed bytes (they stay on the MMIO path, which routes each access exactly, so
+//!   that is harmless). `MmioOnly` ranges begin and end on claimed bytes, except "routing period"
+//!   ones (pathological graphs only) and XOR "partially decoded" ones whose first or last claimed
+//!   byte lies more than [`MAX_PERIOD_CELLS`] units from the interval's end.
 //! * Ranges are sorted by HPA, non-empty and disjoint; `Linear` and `Interleaved` ranges and all
 //!   their pieces are 4 KiB aligned in HPA and DPA.
 //!
@@ -68,9 +70,11 @@
 //! `r` being the cost of one `route_in` (linear in the decoders it scans), plus O(M) for the `M`
 //! pieces granted (bounded by the budget) and O(R log R) to sort the `R` ranges. For any
 //! programming the HDM commit rules accept, `P ≤ 768 KiB` and `c ≥ 256 B`, so `S ≤ 3072`; XOR
-//! windows allow up to [`MAX_PERIOD_CELLS`]. Nothing is linear in the window size except the
-//! pieces themselves, and, for XOR windows analysed per host bridge, the walk over the units of a
-//! granted range (it stops as soon as the budget is exceeded).
+//! windows allow up to [`MAX_PERIOD_CELLS`]. An XOR window analysed per host bridge costs one
+//! graph clone and one period of routes per target host bridge, and trimming a partially decoded
+//! one at most 2·[`MAX_PERIOD_CELLS`] routes. Nothing is linear in the window size except the
+//! pieces themselves and, for XOR windows analysed per host bridge, the walk over the units of a
+//! granted range (it stops as soon as the remaining budget is exceeded).
 
 use std::fmt;
 use std::sync::Arc;
@@ -342,7 +346,12 @@ fn port_device(hb: &HostBridgeNode, port_number: u8) -> Option<usize> {
 /// port of a passthrough host bridge.
 fn hb_devices(hb: &HostBridgeNode, dec: Option<&CommittedDecoder>) -> Vec<usize> {
     if hb.passthrough {
-        return hb.ports.first().and_then(|p| p.device).into_iter().collect();
+        return hb
+            .ports
+            .first()
+            .and_then(|p| p.device)
+            .into_iter()
+            .collect();
     }
     let Some(d) = dec else { return Vec::new() };
     d.targets
@@ -368,7 +377,14 @@ fn all_hb_devices(hb: &HostBridgeNode) -> Vec<usize> {
 fn overhang(dev: &DeviceNode, e: &CommittedDecoder) -> Option<u64> {
     let cap = capacity(dev);
     let room = cap.checked_sub(e.dpa_base).filter(|&r| r > 0)?;
-    (room < e.dpa_size()).then_some(room)
+    // The device offsets it uses are below `extent` (`dpa_size()` unless the size is not a
+    // multiple of `ways × granularity`, which commit validation forbids but a graph may hold):
+    // `q` full strides of `g` bytes each, then at most `g` more from the last, partial stride.
+    let g = e.gran.bytes();
+    let stride = g * u64::from(e.ways.count());
+    let q = e.size / stride;
+    let extent = q * g + (e.size - q * stride).min(g);
+    (room < extent).then_some(room)
 }
 
 /// The HPAs where decoder `e`'s DPA crosses the device capacity.
@@ -521,29 +537,44 @@ fn plan_window(graph: &DecodeGraph, w: usize, out: &mut Vec<Slot>) {
     }
 }
 
-fn device_of(t: Target) -> Option<(usize, u64)> {
+/// Where one cell goes: `(device, DPA of its first byte)`, or `None` when unclaimed.
+type Cell = Option<(usize, u64)>;
+
+fn device_of(t: Target) -> Cell {
     match t {
         Target::Device { device, dpa } => Some((device, dpa)),
         Target::Unclaimed(_) => None,
     }
 }
 
-/// Maximal runs of cells: unclaimed, or one device with contiguous DPA.
-fn runs_of(cells: &[Option<(usize, u64)>], cell: u64) -> Vec<(u64, u64, Option<(usize, u64)>)> {
-    let mut runs: Vec<(u64, u64, Option<(usize, u64)>)> = Vec::new();
+/// A maximal run of cells: unclaimed, or one device with contiguous DPA.
+struct Span {
+    off: u64,
+    len: u64,
+    to: Cell,
+}
+
+fn runs_of(cells: &[Cell], cell: u64) -> Vec<Span> {
+    let mut runs: Vec<Span> = Vec::new();
     for (i, &t) in cells.iter().enumerate() {
         if let Some(last) = runs.last_mut() {
-            let continues = match (last.2, t) {
+            let continues = match (last.to, t) {
                 (None, None) => true,
-                (Some((d0, a0)), Some((d1, a1))) => d0 == d1 && a0.checked_add(last.1) == Some(a1),
+                (Some((d0, a0)), Some((d1, a1))) => {
+                    d0 == d1 && a0.checked_add(last.len) == Some(a1)
+                }
                 _ => false,
             };
             if continues {
-                last.1 += cell;
+                last.len += cell;
                 continue;
             }
         }
-        runs.push((i as u64 * cell, cell, t));
+        runs.push(Span {
+            off: i as u64 * cell,
+            len: cell,
+            to: t,
+        });
     }
     runs
 }
@@ -590,7 +621,7 @@ fn plan_interval(
 }
 
 /// Routes the cells of `[start, start + span)`.
-fn sample(graph: &DecodeGraph, w: usize, start: u64, span: u64, cell: u64) -> Vec<Option<(usize, u64)>> {
+fn sample(graph: &DecodeGraph, w: usize, start: u64, span: u64, cell: u64) -> Vec<Cell> {
     (0..span / cell)
         .map(|i| device_of(graph.route_in(w, start + i * cell)))
         .collect()
@@ -614,16 +645,16 @@ fn periodic(graph: &DecodeGraph, w: usize, s: u64, e: u64, p: u64, c: u64) -> Op
     let runs = runs_of(&cells, c);
     if claimed < cells.len() as u64 {
         // Partly decoded: one MMIO range from the first to the last claimed byte.
-        let first = runs.iter().find(|r| r.2.is_some())?.0;
+        let first = runs.iter().find(|r| r.to.is_some())?.off;
         let (n, t) = (len / p, len % p);
         let tail_end = runs
             .iter()
             .rev()
-            .find(|r| r.2.is_some() && r.0 < t)
-            .map(|r| n * p + (r.0 + r.1).min(t));
+            .find(|r| r.to.is_some() && r.off < t)
+            .map(|r| n * p + (r.off + r.len).min(t));
         let last_end = tail_end.or_else(|| {
-            let r = runs.iter().rev().find(|r| r.2.is_some())?;
-            Some(n.checked_sub(1)? * p + r.0 + r.1)
+            let r = runs.iter().rev().find(|r| r.to.is_some())?;
+            Some(n.checked_sub(1)? * p + r.off + r.len)
         })?;
         let reason = format!(
             "partially decoded: {} of every {} reach a device",
@@ -651,11 +682,11 @@ fn periodic(graph: &DecodeGraph, w: usize, s: u64, e: u64, p: u64, c: u64) -> Op
     }
     let runs: Vec<Run> = runs
         .into_iter()
-        .filter_map(|(off, rlen, t)| {
-            let (device, dpa) = t?;
+        .filter_map(|r| {
+            let (device, dpa) = r.to?;
             Some(Run {
-                off,
-                len: rlen,
+                off: r.off,
+                len: r.len,
                 device,
                 dpa,
                 stride: strides.get(device).copied().flatten().unwrap_or(0),
@@ -680,9 +711,10 @@ fn periodic(graph: &DecodeGraph, w: usize, s: u64, e: u64, p: u64, c: u64) -> Op
         return mk(s, len, Proposal::Mmio(reason));
     }
     let aligned = |v: u64| v.is_multiple_of(PAGE_SIZE);
-    if let Some(r) = runs.iter().find(|r| {
-        !aligned(s + r.off) || !aligned(r.len) || !aligned(r.dpa) || !aligned(r.stride)
-    }) {
+    if let Some(r) = runs
+        .iter()
+        .find(|r| !aligned(s + r.off) || !aligned(r.len) || !aligned(r.dpa) || !aligned(r.stride))
+    {
         let reason = format!(
             "not 4 KiB aligned: HPA {:#x} is DPA {:#x} of device {}",
             s + r.off,
@@ -692,7 +724,11 @@ fn periodic(graph: &DecodeGraph, w: usize, s: u64, e: u64, p: u64, c: u64) -> Op
         return mk(s, len, Proposal::Mmio(reason));
     }
     if !aligned(len) {
-        return mk(s, len, Proposal::Mmio(format!("not 4 KiB aligned: ends at {e:#x}")));
+        return mk(
+            s,
+            len,
+            Proposal::Mmio(format!("not 4 KiB aligned: ends at {e:#x}")),
+        );
     }
     mk(s, len, Proposal::Periodic(Pattern { period: p, runs }))
 }
@@ -740,7 +776,9 @@ impl Pattern {
                     len: r.len.min(len - off),
                 };
                 match out.last_mut() {
-                    Some(last) if last.device == piece.device && last.dpa + last.len == piece.dpa => {
+                    Some(last)
+                        if last.device == piece.device && last.dpa + last.len == piece.dpa =>
+                    {
                         last.len += piece.len;
                     }
                     _ => out.push(piece),
@@ -823,12 +861,30 @@ fn xor_interval(
     if !some {
         return None;
     }
-    if !all {
-        return mk(Proposal::Mmio(
-            "partially decoded: some XOR interleave positions reach no device".into(),
-        ));
-    }
+    // Routing is affine on aligned units of this size.
     let unit = rest.cell().min(1 << mask.trailing_zeros());
+    if !all {
+        // Trim to the first and last claimed unit found within MAX_PERIOD_CELLS units of each end.
+        let units = len / unit;
+        let claimed = |i: &u64| device_of(graph.route_in(w, s + i * unit)).is_some();
+        let first = (0..units.min(MAX_PERIOD_CELLS)).find(claimed);
+        if first.is_none() && units <= MAX_PERIOD_CELLS {
+            return None;
+        }
+        let first = first.unwrap_or(0);
+        let last = (units.saturating_sub(MAX_PERIOD_CELLS).max(first)..units)
+            .rev()
+            .find(claimed)
+            .unwrap_or(units - 1);
+        return Some(Slot {
+            window: w,
+            hpa: s + first * unit,
+            len: (last + 1 - first) * unit,
+            prop: Proposal::Mmio(
+                "partially decoded: some XOR interleave positions reach no device".into(),
+            ),
+        });
+    }
     if unit < PAGE_SIZE {
         return mk(Proposal::Mmio(format!(
             "granularity {} < 4 KiB",
@@ -895,8 +951,14 @@ fn merge(slots: Vec<Slot>) -> Vec<Slot> {
         {
             let joined = match (&last.prop, &s.prop) {
                 (
-                    Proposal::Linear { device: d0, dpa: a0 },
-                    Proposal::Linear { device: d1, dpa: a1 },
+                    Proposal::Linear {
+                        device: d0,
+                        dpa: a0,
+                    },
+                    Proposal::Linear {
+                        device: d1,
+                        dpa: a1,
+                    },
                 ) => d0 == d1 && a0.checked_add(last.len) == Some(*a1),
                 (Proposal::Mmio(r0), Proposal::Mmio(r1)) => r0 == r1,
                 _ => false,
@@ -926,7 +988,8 @@ fn merge(slots: Vec<Slot>) -> Vec<Slot> {
 /// Grants the VMA budget in HPA order (first fit) and materialises the plans.
 fn grant(graph: &DecodeGraph, slots: Vec<Slot>, budget: u64) -> Vec<RangePlan> {
     let mut left = budget;
-    let over = |need: u64, left: u64| format!("needs {need} mappings, {left} left in the VMA budget");
+    let over =
+        |need: u64, left: u64| format!("needs {need} mappings, {left} left in the VMA budget");
     slots
         .into_iter()
         .map(|s| {

@@ -20,6 +20,7 @@ use crate::graph::WindowNode;
 use crate::hdm::HdmCaps;
 use crate::interleave::{Granularity, Ways};
 use crate::mailbox::{Mailbox, MemdevParams};
+use crate::overlay::OverlayManager;
 use crate::topology::{Arithmetic, LSA_SIZE, Topology};
 use crate::window::{DeviceMemory, WindowDispatcher};
 
@@ -45,6 +46,16 @@ pub struct PlatformLayout {
     pub aperture_base: u64,
     /// Its size.
     pub aperture_size: u64,
+}
+
+/// Run-time choices for the overlays.
+pub struct OverlayOptions {
+    /// Most host mappings (VMAs) the interleaved overlays may use.
+    pub vma_budget: u64,
+    /// Allow direct mappings at start (else everything stays on the MMIO path until enabled).
+    pub direct: bool,
+    /// Stops the VM when a mapping the decoders no longer justify cannot be removed.
+    pub fatal: Box<dyn Fn(String) + Send + Sync>,
 }
 
 /// Root bus of host bridge `i`.
@@ -165,6 +176,8 @@ pub struct CxlPlatform {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Root ports, by host bridge then port.
     pub root_ports: Vec<Vec<Arc<RootPort>>>,
+    /// The RAM alias overlays of the windows.
+    pub overlays: Arc<OverlayManager>,
 }
 
 /// A device's opened (persistent capacity, label storage area) files.
@@ -347,6 +360,7 @@ impl CxlPlatform {
         files: Vec<DeviceFiles>,
         space: &Arc<Mutex<AddressSpace>>,
         layout: PlatformLayout,
+        options: OverlayOptions,
     ) -> Result<Self, PlatformError> {
         // Device memory.
         let mut memories = Vec::new();
@@ -634,7 +648,44 @@ impl CxlPlatform {
             ep.assign_bar(0, place(COMPONENT_SIZE)?)?;
             ep.assign_bar(2, place(DeviceRegs::SIZE as u64)?)?;
         }
+        // Unplaced RAM regions over each device backing: the targets of linear overlays.
+        let mut device_ram = Vec::new();
+        {
+            let mut sp = space.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tx = sp.begin();
+            for (d, m) in topo.devices.iter().zip(memories.iter()) {
+                let mut one = |b: &Option<Arc<RamBacking>>,
+                               what: &str|
+                 -> Result<Option<RegionId>, MemoryError> {
+                    b.as_ref()
+                        .map(|b| {
+                            tx.add_ram(&format!("{}.{what}", d.id), b.clone(), 0, b.size(), false)
+                        })
+                        .transpose()
+                };
+                let v = one(&m.volatile, "volatile")?;
+                let p = one(&m.persistent, "persistent")?;
+                device_ram.push((v, p));
+            }
+            tx.commit()?;
+        }
+        let overlays = Arc::new(OverlayManager::new(
+            space.clone(),
+            window_regions
+                .iter()
+                .zip(&windows)
+                .map(|(&r, w)| (r, w.base))
+                .collect(),
+            device_ram,
+            memories.clone(),
+            options.vma_budget,
+            fabric.graph_handle(),
+            options.direct,
+            options.fatal,
+        ));
+        fabric.set_listener(overlays.clone());
         Ok(Self {
+            overlays,
             fabric,
             segment,
             memories,

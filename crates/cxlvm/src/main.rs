@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -74,6 +76,29 @@ struct RunArgs {
     /// --cxl-devices 1 only: a passthrough host bridge (no HDM decoders).
     #[arg(long)]
     cxl_passthrough: bool,
+    /// Map every decoded CXL range directly (on, the default) or keep everything on the exact
+    /// MMIO path (off); the guest can switch at run time through port 0x510.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
+    cxl_direct: bool,
+    /// Most host mappings (VMAs) interleaved CXL ranges may use (default: what
+    /// vm.max_map_count leaves, minus a margin).
+    #[arg(long, value_name = "N")]
+    vma_budget: Option<u64>,
+    /// At exit (and on SIGUSR1) print the memory tree, flat view, KVM slots and each CXL
+    /// window's ranges (mode, exits served) on stderr.
+    #[arg(long)]
+    mtree: bool,
+    /// At exit write the same memory state as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    mtree_json: Option<PathBuf>,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("'{s}': expected on or off")),
+    }
 }
 
 /// The CXL topology from --config or the short flags; `Err` is the one-line user error.
@@ -137,6 +162,8 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
     };
     let cfg = MachineConfig {
         cxl,
+        cxl_direct: args.cxl_direct,
+        vma_budget: args.vma_budget,
         memory: args.memory,
         vcpus: args.vcpus,
         cmdline: args.cmdline,
@@ -158,7 +185,23 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
         }
         Err(e) => return Err(e.into()),
     };
+    // SIGUSR1 prints the memory state while the guest runs.
+    let dump = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump.clone())
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGUSR1 handler: {e}"))?;
+    machine.set_dump_request(dump);
     let report = machine.run()?;
+    if args.mtree || args.mtree_json.is_some() {
+        let state = machine.memory_state();
+        if args.mtree {
+            eprint!("{state}");
+        }
+        if let Some(p) = &args.mtree_json {
+            let json = serde_json::to_string_pretty(&state)?;
+            std::fs::write(p, json + "\n")
+                .map_err(|e| anyhow::anyhow!("cannot write --mtree-json {}: {e}", p.display()))?;
+        }
+    }
     if let Some(msg) = report.outcome.message() {
         eprintln!("cxlvm: {msg}");
     }

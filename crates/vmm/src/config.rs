@@ -40,6 +40,10 @@ pub struct MachineConfig {
     pub started: Option<Instant>,
     /// CXL topology (host bridges, Type-3 devices, fixed windows).
     pub cxl: Option<cxlvm_cxl::topology::Topology>,
+    /// Map decoded CXL ranges directly at start (true) or keep them on the MMIO path.
+    pub cxl_direct: bool,
+    /// Most host mappings interleaved overlays may use (default: what vm.max_map_count leaves).
+    pub vma_budget: Option<u64>,
 }
 
 impl MachineConfig {
@@ -56,6 +60,8 @@ impl MachineConfig {
             kvm_path: "/dev/kvm".into(),
             started: None,
             cxl: None,
+            cxl_direct: true,
+            vma_budget: None,
         }
     }
 }

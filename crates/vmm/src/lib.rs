@@ -9,7 +9,7 @@ mod run;
 
 pub use config::{ConfigError, MachineConfig, SerialOut};
 pub use machine::Machine;
-pub use report::{FaultKind, Outcome, RunReport, Stats};
+pub use report::{FaultKind, MemoryState, Outcome, RunReport, Stats, ViewRange, WindowState};
 
 /// Errors building or running a machine.
 #[derive(Debug, thiserror::Error)]

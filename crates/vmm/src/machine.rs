@@ -14,8 +14,13 @@ use cxlvm_x86::{cpu, elf, paging};
 use tracing::{debug, info};
 
 use crate::VmmError;
-use cxlvm_cxl::platform::{self, CxlPlatform, PlatformLayout};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cxlvm_cxl::overlay::OverlayManager;
+use cxlvm_cxl::platform::{self, CxlPlatform, OverlayOptions, PlatformLayout};
 use cxlvm_cxl::topology::AddressLimits;
+use cxlvm_cxl::window::WindowDispatcher;
+use cxlvm_devices::{PioDevice, StopReason};
 
 use crate::config::{ConfigError, MachineConfig, SerialOut};
 
@@ -26,6 +31,69 @@ const CXL_LAYOUT: PlatformLayout = PlatformLayout {
     aperture_base: layout::PCI_APERTURE_BASE,
     aperture_size: layout::PCI_APERTURE_SIZE,
 };
+
+/// Overlay options: the VMA budget defaults to what `vm.max_map_count` leaves after what the
+/// process uses now, minus a margin for everything else; failures stop the VM.
+fn overlay_options(direct: bool, budget: Option<u64>, stopper: &Arc<Stopper>) -> OverlayOptions {
+    let vma_budget = budget.unwrap_or_else(|| {
+        let limit = cxlvm_stitch::vma_limit().unwrap_or(65530);
+        let used = cxlvm_stitch::vmas_in_use().unwrap_or(1000);
+        limit.saturating_sub(used).saturating_sub(4096)
+    });
+    let s = stopper.clone();
+    OverlayOptions {
+        vma_budget,
+        direct,
+        fatal: Box::new(move |msg| s.request(StopReason::Fatal(msg))),
+    }
+}
+
+/// Port 0x510: CXL direct-mapping control.
+struct CxlControl {
+    overlays: Arc<OverlayManager>,
+    dispatchers: Vec<Arc<WindowDispatcher>>,
+    baseline: AtomicU64,
+}
+
+impl CxlControl {
+    fn exits(&self) -> u64 {
+        self.dispatchers.iter().map(|d| d.accesses()).sum()
+    }
+}
+
+impl PioDevice for CxlControl {
+    fn read(&self, _offset: u16, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = u8::from(self.overlays.direct());
+        }
+    }
+    fn write(&self, offset: u16, data: &[u8]) {
+        if offset == 0 {
+            self.overlays
+                .set_direct(data.first().is_some_and(|b| b & 1 == 1));
+        }
+    }
+}
+
+/// Port 0x514: MMIO accesses served by the CXL window dispatchers (exits), resettable.
+struct CxlExits(Arc<CxlControl>);
+
+impl PioDevice for CxlExits {
+    fn read(&self, _offset: u16, data: &mut [u8]) {
+        let v = self
+            .0
+            .exits()
+            .wrapping_sub(self.0.baseline.load(Ordering::Relaxed)) as u32;
+        let b = v.to_le_bytes();
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = b.get(i).copied().unwrap_or(0);
+        }
+    }
+    fn write(&self, _offset: u16, _data: &[u8]) {
+        self.0.baseline.store(self.0.exits(), Ordering::Relaxed);
+    }
+}
 
 /// Adds the CXL platform's entries (docs/guest-abi.md kinds 4-8) to the boot info device table.
 fn cxl_boot_devices(c: &CxlPlatform, devices: &mut Vec<Device>) {
@@ -101,6 +169,7 @@ pub struct Machine {
     pub(crate) started: Instant,
     pub(crate) timeout: Option<std::time::Duration>,
     pub(crate) cxl: Option<CxlPlatform>,
+    pub(crate) dump_request: Option<Arc<std::sync::atomic::AtomicBool>>,
     // Keeps the VM alive as long as the machine.
     pub(crate) _vm: cxlvm_kvm::Vm,
 }
@@ -225,7 +294,14 @@ impl Machine {
 
         let cxl = match (&topo, cxl_files) {
             (Some(t), Some(files)) => Some(
-                CxlPlatform::build(t, files, &space, CXL_LAYOUT).map_err(|e| {
+                CxlPlatform::build(
+                    t,
+                    files,
+                    &space,
+                    CXL_LAYOUT,
+                    overlay_options(cfg.cxl_direct, cfg.vma_budget, &stopper),
+                )
+                .map_err(|e| {
                     if e.is_user_error() {
                         VmmError::Config(ConfigError::Topology(e.to_string()))
                     } else {
@@ -250,6 +326,17 @@ impl Machine {
             .map_err(dev_err)?;
         if let Some(s) = &scratch {
             pio.insert("scratch-control", ports::SCRATCH_CONTROL, 4, s.clone())
+                .map_err(dev_err)?;
+        }
+        if let Some(c) = &cxl {
+            let ctl = Arc::new(CxlControl {
+                overlays: c.overlays.clone(),
+                dispatchers: c.dispatchers.clone(),
+                baseline: AtomicU64::new(0),
+            });
+            pio.insert("cxl-direct", ports::CXL_DIRECT, 4, ctl.clone())
+                .map_err(dev_err)?;
+            pio.insert("cxl-exits", ports::CXL_EXITS, 4, Arc::new(CxlExits(ctl)))
                 .map_err(dev_err)?;
         }
         let pio = Arc::new(pio);
@@ -373,6 +460,7 @@ impl Machine {
             started,
             timeout: cfg.timeout,
             cxl,
+            dump_request: None,
             _vm: vm,
         })
     }
@@ -405,6 +493,57 @@ impl Machine {
     /// The CXL platform, when configured.
     pub fn cxl(&self) -> Option<&CxlPlatform> {
         self.cxl.as_ref()
+    }
+
+    /// A snapshot of the memory state (flat view, KVM slots, CXL windows and their ranges).
+    pub fn memory_state(&self) -> crate::MemoryState {
+        let (tree, view) = {
+            let sp = self.space.lock().unwrap_or_else(|e| e.into_inner());
+            (sp.dump(), sp.view())
+        };
+        let flat_view = view
+            .ranges()
+            .iter()
+            .map(|r| crate::ViewRange {
+                start: r.start,
+                end: r.end(),
+                name: r.name.to_string(),
+                kind: if r.is_ram() { "ram" } else { "mmio" },
+            })
+            .collect();
+        let slots = self
+            .slots
+            .snapshot()
+            .into_iter()
+            .map(|s| (s.slot, s.start, s.len, s.backing))
+            .collect();
+        let windows = self.cxl.as_ref().map_or_else(Vec::new, |c| {
+            let ranges = c.overlays.ranges();
+            c.windows
+                .iter()
+                .enumerate()
+                .map(|(i, w)| crate::WindowState {
+                    index: i,
+                    base: w.base,
+                    size: w.size,
+                    exits: c.dispatchers[i].accesses(),
+                    unclaimed: c.dispatchers[i].unclaimed(),
+                    ranges: ranges.iter().filter(|r| r.window == i).cloned().collect(),
+                })
+                .collect()
+        });
+        crate::MemoryState {
+            flat_view,
+            windows,
+            slots,
+            tree,
+        }
+    }
+
+    /// Asks `run` to print [`Machine::memory_state`] on stderr whenever `flag` becomes true (it is
+    /// reset after each dump); the binary sets it from SIGUSR1.
+    pub fn set_dump_request(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        self.dump_request = Some(flag);
     }
 
     /// The null device (exit-floor counter).

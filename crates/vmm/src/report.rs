@@ -135,3 +135,94 @@ pub struct RunReport {
     /// What it measured.
     pub stats: Stats,
 }
+
+/// One range of the flat view, for dumps.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ViewRange {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Leaf region name.
+    pub name: String,
+    /// `"ram"` or `"mmio"`.
+    pub kind: &'static str,
+}
+
+/// One CXL window, for dumps.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WindowState {
+    /// Index.
+    pub index: usize,
+    /// Base.
+    pub base: u64,
+    /// Size.
+    pub size: u64,
+    /// Accesses served by its MMIO dispatcher (exits).
+    pub exits: u64,
+    /// Of those, unclaimed bytes/accesses.
+    pub unclaimed: u64,
+    /// How each decoded range is served.
+    pub ranges: Vec<cxlvm_cxl::overlay::RangeState>,
+}
+
+/// The machine's memory state: what `cxlvm run --mtree` prints at exit and on SIGUSR1.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemoryState {
+    /// The flat view.
+    pub flat_view: Vec<ViewRange>,
+    /// CXL windows.
+    pub windows: Vec<WindowState>,
+    /// KVM memory slots: (slot, start, len, backing).
+    pub slots: Vec<(u32, u64, u64, String)>,
+    /// The region tree, as text.
+    #[serde(skip)]
+    pub tree: String,
+}
+
+impl std::fmt::Display for MemoryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "memory tree:")?;
+        for l in self.tree.lines() {
+            writeln!(f, "  {l}")?;
+        }
+        writeln!(f, "flat view:")?;
+        for r in &self.flat_view {
+            writeln!(
+                f,
+                "  [{:#014x}, {:#014x}) {:4} {}",
+                r.start, r.end, r.kind, r.name
+            )?;
+        }
+        writeln!(f, "KVM slots:")?;
+        for (slot, start, len, b) in &self.slots {
+            writeln!(
+                f,
+                "  slot {slot:3} [{start:#014x}, {:#014x}) {b}",
+                start + len
+            )?;
+        }
+        for w in &self.windows {
+            writeln!(
+                f,
+                "CXL window {} [{:#x}, {:#x}): {} exits served ({} unclaimed)",
+                w.index,
+                w.base,
+                w.base + w.size,
+                w.exits,
+                w.unclaimed
+            )?;
+            for r in &w.ranges {
+                writeln!(
+                    f,
+                    "  [{:#x}, {:#x}) {:11} {}",
+                    r.hpa,
+                    r.hpa + r.len,
+                    r.mode,
+                    r.detail
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -186,6 +186,31 @@ impl Machine {
         {
             let mut g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
             while g.is_none() {
+                if let Some(flag) = &self.dump_request {
+                    if flag.swap(false, Ordering::Relaxed) {
+                        drop(g);
+                        eprint!("{}", self.memory_state());
+                        g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
+                        continue;
+                    }
+                    // Poll the dump request while waiting.
+                    let step = std::time::Duration::from_millis(100);
+                    let wait = self
+                        .timeout
+                        .map_or(step, |t| t.saturating_sub(t0.elapsed()).min(step));
+                    if self.timeout.is_some_and(|t| t0.elapsed() >= t) {
+                        drop(g);
+                        ctl.finish(Outcome::Timeout(self.timeout.unwrap_or_default()));
+                        g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
+                        continue;
+                    }
+                    g = ctl
+                        .changed
+                        .wait_timeout(g, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    continue;
+                }
                 match self.timeout {
                     Some(t) => {
                         let left = t.saturating_sub(t0.elapsed());

@@ -54,6 +54,10 @@ pub mod ports {
     pub const NULL: u16 = 0x508;
     /// Scratch window control: 1 = RAM alias on, 0 = off.
     pub const SCRATCH_CONTROL: u16 = 0x50c;
+    /// CXL direct-mapping control: 1 = direct mappings allowed, 0 = MMIO path only.
+    pub const CXL_DIRECT: u16 = 0x510;
+    /// CXL window exit counter (read; write resets).
+    pub const CXL_EXITS: u16 = 0x514;
 }
 
 /// Splits `ram_size` bytes of guest RAM into (guest address, size, offset in the RAM backing).

@@ -253,6 +253,31 @@ impl DeviceDvsec {
     }
 }
 
+/// Sets the CXL direct-mapping control port ([`port::CXL_DIRECT`](crate::port::CXL_DIRECT)):
+/// `false` = every CXL range on the exact MMIO path, `true` = direct mappings where the decoders
+/// allow them. The switch is complete when this returns. Returns the state the port reads back
+/// afterwards (0 or 1; all-ones when cxlvm does not know the port).
+pub fn set_direct(on: bool) -> u32 {
+    crate::port::outl(crate::port::CXL_DIRECT, u32::from(on));
+    direct_state()
+}
+
+/// The CXL direct-mapping control port's state (1 = direct mappings allowed).
+pub fn direct_state() -> u32 {
+    crate::port::inl(crate::port::CXL_DIRECT)
+}
+
+/// MMIO accesses the CXL window dispatchers served so far (low 32 bits of cxlvm's counter; each
+/// is one VM exit). Compare readings with `wrapping_sub`.
+pub fn window_exits() -> u32 {
+    crate::port::inl(crate::port::CXL_EXITS)
+}
+
+/// Resets the CXL window exit counter to 0.
+pub fn reset_window_exits() {
+    crate::port::outl(crate::port::CXL_EXITS, 0)
+}
+
 /// Waits about `ns` nanoseconds (by the TSC when the boot info gives its rate; otherwise about
 /// one microsecond per 64 spins, a guess).
 pub fn delay_ns(ns: u64) {

@@ -15,7 +15,10 @@ pub mod calc;
 
 use core::fmt;
 
-pub use calc::{Bar, DvsecHeader, ExtCapHeader, VENDOR_NONE, cap_id, ext_cap_id, port_type, reg};
+pub use calc::{
+    Bar, DvsecHeader, ExtCapHeader, VENDOR_NONE, bridge_control, cap_id, command, ext_cap_id,
+    port_type, reg,
+};
 
 use crate::boot::{BootInfo, Device, DeviceKind};
 use crate::mmio::Mmio;

@@ -27,6 +27,13 @@ pub const BOOT_MARK: u16 = 0x504;
 pub const NULL: u16 = 0x508;
 /// Scratch window control (32 bit): write 1 = RAM alias on, 0 = off; read = current state.
 pub const SCRATCH_CONTROL: u16 = 0x50c;
+/// CXL direct-mapping control (32 bit): write 0 = every CXL range on the exact MMIO path (one
+/// exit per access), 1 = ranges the decoders allow mapped directly as RAM (the default); read =
+/// current state. The switch is complete when the write returns.
+pub const CXL_DIRECT: u16 = 0x510;
+/// CXL window exit counter (32 bit): read = MMIO accesses the CXL window dispatchers served so
+/// far (low 32 bits); write = reset to 0.
+pub const CXL_EXITS: u16 = 0x514;
 
 #[inline]
 fn addr(port: u16) -> u64 {

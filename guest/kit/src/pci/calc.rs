@@ -28,8 +28,24 @@ pub mod reg {
     pub const SUBORDINATE_BUS: u16 = 0x1a;
     /// Capabilities pointer (8 bit).
     pub const CAP_PTR: u16 = 0x34;
+    /// Type 1: Bridge Control (16 bit).
+    pub const BRIDGE_CONTROL: u16 = 0x3e;
     /// First extended capability.
     pub const EXT_CAP_START: u16 = 0x100;
+}
+
+/// Command register bits.
+pub mod command {
+    /// Memory Space Enable.
+    pub const MEMORY: u16 = 1 << 1;
+    /// Bus Master Enable.
+    pub const BUS_MASTER: u16 = 1 << 2;
+}
+
+/// Bridge Control bits (type 1 headers).
+pub mod bridge_control {
+    /// Secondary Bus Reset: while set, everything below the bridge is held in reset.
+    pub const SECONDARY_BUS_RESET: u16 = 1 << 6;
 }
 
 /// Size of one function's configuration space (ECAM).

@@ -1,22 +1,30 @@
 //! `cxl`: plays the part of Linux's CXL drivers against cxlvm's CXL platform (boot info device
 //! kinds 4–8): PCI enumeration through ECAM, the Type-3 mailbox probe sequence, Linux-style
-//! interleaved region programming (HDM decoders) with a data check, and a register fuzzer.
+//! interleaved region programming (HDM decoders) with data checks on the MMIO path and the
+//! direct mapping, a register fuzzer, and a two-vCPU decoder/reset stress.
 //!
-//! `mode=` selects what runs (only vCPU 0 does anything):
+//! `mode=` selects what runs (only vCPU 0 does anything, except in `stress`):
 //! - `enumerate` (default): prints every function, host bridge, Type-3 device and window, and
 //!   checks them against the ABI;
 //! - `probe`: for every Type-3 device, the checks and mailbox commands of Linux's `cxl_pci`
 //!   probe (and a few more);
 //! - `region` (`window=`, `offset=`, `size=`, `gran=`, `devices=`, `precheck=1`, `verify=1`,
-//!   `words=`, `stride=`, `uncommit=1`, `reread=1`): creates an interleaved region the way
-//!   Linux commits one, optionally checks the data path;
+//!   `words=`, `stride=`, `direct=1`, `expect_direct=`, `uncommit=1`, `reread=1`): creates an
+//!   interleaved region the way Linux commits one, optionally checks the data path (`direct`:
+//!   on the MMIO path and the direct mapping, with cxlvm's direct-mapping control, port 0x510,
+//!   and CXL window exit counter, port 0x514);
 //! - `fuzz` (`ops=`, `seed=`): random accesses to HDM decoders, mailboxes, configuration space
-//!   and windows; the VMM must survive.
+//!   and windows; the VMM must survive;
+//! - `stress` (`window=`, `size=`, `words=`, `iters=`; vCPUs 0 and 1): vCPU 0 streams stores
+//!   into one region while vCPU 1 commits and uncommits another, toggles direct mappings and
+//!   resets a device.
 //!
 //! guest/README.md lists the output lines and exit statuses.
 #![no_std]
 #![no_main]
 
+#[path = "cxl/direct.rs"]
+mod direct;
 #[path = "cxl/enumerate.rs"]
 mod enumerate;
 #[path = "cxl/fuzz.rs"]
@@ -25,6 +33,8 @@ mod fuzz;
 mod probe;
 #[path = "cxl/region.rs"]
 mod region;
+#[path = "cxl/stress.rs"]
+mod stress;
 #[path = "cxl/topology.rs"]
 mod topology;
 
@@ -50,18 +60,26 @@ pub const MAILBOX: i32 = 6;
 /// An HDM decoder did not commit (Error Not Committed, timeout, no free decoder) or stayed
 /// committed after a reset.
 pub const COMMIT: i32 = 7;
+/// Direct mapping: the control port (0x510) did not read back what was written, or the CXL
+/// window exit counter (0x514) did not count what the selected path should give.
+pub const DIRECT: i32 = 8;
 
 fn main(boot: &BootInfo, vcpu: u32) -> i32 {
+    let mode = arg("mode").unwrap_or("enumerate");
+    if mode == "stress" {
+        // vCPUs 0 and 1 work; the others return (and park).
+        return stress::run(boot, vcpu).err().unwrap_or(0);
+    }
     if vcpu != 0 {
         return 0;
     }
-    let result = match arg("mode").unwrap_or("enumerate") {
+    let result = match mode {
         "enumerate" => enumerate::run(boot),
         "probe" => probe::run(boot),
         "region" => region::run(boot),
         "fuzz" => fuzz::run(boot),
         other => {
-            println!("cxl: bad mode `{other}` (enumerate, probe, region, fuzz)");
+            println!("cxl: bad mode `{other}` (enumerate, probe, region, fuzz, stress)");
             Err(BAD_ARG)
         }
     };

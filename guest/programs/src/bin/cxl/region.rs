@@ -1,6 +1,7 @@
 //! `mode=region`: programs an interleaved region the way Linux commits one (HDM decoder
 //! enable, DVSEC Mem_Enable, endpoint decoders, then host bridge decoders), and optionally
-//! checks that nothing decodes before the commit, that data round-trips after it, and that
+//! checks that nothing decodes before the commit, that data round-trips after it (`verify`;
+//! `direct` on both the MMIO path and the direct mapping, see the `direct` module), and that
 //! nothing decodes again after a reset.
 
 use core::fmt;
@@ -72,6 +73,8 @@ pub fn run(boot: &BootInfo) -> Result<(), i32> {
     let verify = flag("verify", false)?;
     let uncommit = flag("uncommit", false)?;
     let reread = flag("reread", false)?;
+    let direct = flag("direct", false)?;
+    let expect_direct = flag("expect_direct", true)?;
     let words = arg_u64("words", 4096);
     let stride = arg_u64("stride", req.gran / 2 + 8);
     if stride == 0 || !stride.is_multiple_of(8) {
@@ -91,6 +94,9 @@ pub fn run(boot: &BootInfo) -> Result<(), i32> {
     if precheck {
         run_precheck(&mem)?;
     }
+    if direct {
+        crate::direct::prepare()?;
+    }
     let mut log = CommitLog::new();
     if let Err(status) = commit_region(&topo, &req, &mut log) {
         // Linux resets whatever it committed for the region when a commit fails.
@@ -107,6 +113,9 @@ pub fn run(boot: &BootInfo) -> Result<(), i32> {
     );
     if verify {
         run_verify(&mem, words, stride)?;
+    }
+    if direct {
+        crate::direct::run(&mem, words, stride, expect_direct)?;
     }
     if uncommit {
         if !reset(&log, true) {
@@ -401,7 +410,7 @@ fn run_precheck(mem: &Mmio) -> Result<(), i32> {
 }
 
 /// Offsets `k * stride` for `k < words` that fit a whole word inside the region.
-fn verify_offsets(mem: &Mmio, words: u64, stride: u64) -> impl Iterator<Item = u64> + '_ {
+pub fn verify_offsets(mem: &Mmio, words: u64, stride: u64) -> impl Iterator<Item = u64> + '_ {
     (0..words)
         .map(move |k| k.saturating_mul(stride))
         .take_while(move |&off| off.checked_add(8).is_some_and(|end| end <= mem.size()))
