@@ -34,7 +34,6 @@ struct Rig {
     /// Device index of (hb, port).
     dev: Vec<Vec<usize>>,
     window_ways: usize,
-    window_gran: u64,
 }
 
 fn rig(hbs: &[u8], passthrough: bool, window_gran: u64) -> Rig {
@@ -79,7 +78,6 @@ fn rig(hbs: &[u8], passthrough: bool, window_gran: u64) -> Rig {
         disp,
         dev,
         window_ways: hbs.len(),
-        window_gran,
     }
 }
 

@@ -1374,29 +1374,3 @@ fn seeded_random_cases_plan_exactly_and_reach_every_plan_kind() {
         );
     }
 }
-
-#[test]
-fn zz_stress() {
-    let n: u64 = std::env::var("STRESS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    for seed in 1000..1000 + n {
-        for g in [random_fabric(seed), Arc::new(random_graph(seed))] {
-            let mut rng = Rng::new(seed);
-            let budget = if seed % 4 == 3 {
-                rng.below(100_000)
-            } else {
-                NO_LIMIT
-            };
-            let plans = plan(&g, budget);
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                check_exact(&g, &plans, budget, &mut rng);
-                check_complete(&g, &plans, &mut rng, 500);
-            }));
-            if r.is_err() {
-                panic!("seed {seed}");
-            }
-        }
-    }
-}

@@ -24,8 +24,13 @@ fn build(topo: &str) -> (CxlPlatform, Arc<Mutex<AddressSpace>>) {
         aperture_base: 0x40_0000_0000,
         aperture_size: 1 << 30,
     };
+    let options = cxlvm_cxl::platform::OverlayOptions {
+        vma_budget: 1000,
+        direct: true,
+        fatal: Box::new(|e| panic!("{e}")),
+    };
     (
-        CxlPlatform::build(&t, files, &space, layout).unwrap(),
+        CxlPlatform::build(&t, files, &space, layout, options).unwrap(),
         space,
     )
 }
@@ -185,4 +190,132 @@ targets = ["a"]
     );
     let ranges = sp.view().ranges().to_vec();
     assert!(ranges.windows(2).all(|w| w[0].end() <= w[1].start));
+}
+
+/// Programs a 1-way region over the whole window of a one-device platform the way Linux does,
+/// through ECAM and the component registers.
+fn linux_commit(p: &CxlPlatform, space: &Arc<Mutex<AddressSpace>>) {
+    let view = space.lock().unwrap().view_handle();
+    let w = &p.windows[0];
+    let ep = &p.endpoints[0];
+    let comp = ep.bar_address(0).unwrap();
+    let chbcr = p.host_bridges[0].chbcr;
+    let wr = |addr: u64, v: u32| {
+        view.load().write(addr, &v.to_le_bytes());
+    };
+    // Endpoint: HDM Decoder Enable, then Mem_Enable in the Device DVSEC (ECAM write).
+    let hdm = 0x1200u64; // cxlvm's component layout puts the HDM capability at +0x1200
+    wr(comp + hdm + 4, 2);
+    set_mem_enable(p, space, true);
+    for (base, kind_tl) in [(comp + hdm, 0u32), (chbcr + hdm, 0u32)] {
+        let d = base + 0x10;
+        wr(d + 4, (w.base >> 32) as u32);
+        wr(d, w.base as u32);
+        wr(d + 0xc, (w.size >> 32) as u32);
+        wr(d + 8, w.size as u32);
+        wr(d + 0x18, 0);
+        wr(d + 0x14, kind_tl);
+        wr(d + 0x10, 1 << 9 | 1 << 12);
+    }
+}
+
+fn dvsec_control(p: &CxlPlatform) -> u16 {
+    p.endpoints[0].with_config(|c| c.find_dvsec(0x1e98, 0).unwrap()) + 0x0c
+}
+
+fn ecam_write(
+    p: &CxlPlatform,
+    space: &Arc<Mutex<AddressSpace>>,
+    bus: u8,
+    devfn: u8,
+    off: u16,
+    data: &[u8],
+) {
+    let view = space.lock().unwrap().view_handle();
+    let addr = p.ecam.0 + (u64::from(bus) << 20 | u64::from(devfn) << 12 | u64::from(off));
+    view.load().write(addr, data);
+}
+
+fn set_mem_enable(p: &CxlPlatform, space: &Arc<Mutex<AddressSpace>>, on: bool) {
+    let ctl = dvsec_control(p);
+    let v: u16 = if on { 0x6 } else { 0x2 };
+    ecam_write(p, space, 0x11, 0, ctl, &v.to_le_bytes());
+}
+
+fn is_ram_at(space: &Arc<Mutex<AddressSpace>>, addr: u64) -> bool {
+    space
+        .lock()
+        .unwrap()
+        .view()
+        .lookup(addr)
+        .is_some_and(|r| r.is_ram())
+}
+
+const ONE: &str = r#"
+[[host_bridge]]
+id = "hb0"
+root_ports = 1
+[[device]]
+id = "mem0"
+host_bridge = "hb0"
+root_port = 0
+volatile = "256M"
+[[window]]
+id = "w0"
+size = "256M"
+targets = ["hb0"]
+"#;
+
+#[test]
+fn mem_enable_clear_removes_the_direct_mapping() {
+    let (p, space) = build(ONE);
+    let base = p.windows[0].base;
+    assert!(!is_ram_at(&space, base), "MMIO before commit");
+    linux_commit(&p, &space);
+    assert!(is_ram_at(&space, base), "RAM after commit");
+    set_mem_enable(&p, &space, false);
+    assert!(!is_ram_at(&space, base), "Mem_Enable clear unmaps");
+    set_mem_enable(&p, &space, true);
+    assert!(is_ram_at(&space, base), "and setting it maps again");
+}
+
+#[test]
+fn memory_space_disable_removes_the_direct_mapping() {
+    let (p, space) = build(ONE);
+    let base = p.windows[0].base;
+    linux_commit(&p, &space);
+    assert!(is_ram_at(&space, base));
+    // Command register of the endpoint: memory space enable off (bus master stays).
+    ecam_write(&p, &space, 0x11, 0, 0x04, &4u16.to_le_bytes());
+    assert!(!is_ram_at(&space, base), "Command.MEM clear unmaps");
+    ecam_write(&p, &space, 0x11, 0, 0x04, &6u16.to_le_bytes());
+    assert!(is_ram_at(&space, base));
+    // The root port's memory space enable gates it too.
+    ecam_write(&p, &space, 0x10, 0, 0x04, &4u16.to_le_bytes());
+    assert!(
+        !is_ram_at(&space, base),
+        "root port Command.MEM clear unmaps"
+    );
+}
+
+#[test]
+fn decoder_uncommit_and_device_reset_remove_the_direct_mapping() {
+    let (p, space) = build(ONE);
+    let base = p.windows[0].base;
+    linux_commit(&p, &space);
+    assert!(is_ram_at(&space, base));
+    // Uncommit the host-bridge decoder (Linux resets top-down).
+    let view = space.lock().unwrap().view_handle();
+    let hb_ctl = p.host_bridges[0].chbcr + 0x1200 + 0x20;
+    view.load().write(hb_ctl, &(1u32 << 12).to_le_bytes());
+    assert!(!is_ram_at(&space, base), "HB decoder uncommit unmaps");
+    view.load()
+        .write(hb_ctl, &(1u32 << 9 | 1 << 12).to_le_bytes());
+    assert!(is_ram_at(&space, base), "recommit maps again");
+    // Secondary bus reset of the root port resets the device: its decoders uncommit.
+    let bctl = 0x3e;
+    ecam_write(&p, &space, 0x10, 0, bctl, &(1u16 << 6).to_le_bytes());
+    ecam_write(&p, &space, 0x10, 0, bctl, &0u16.to_le_bytes());
+    assert!(!is_ram_at(&space, base), "device reset unmaps");
+    assert!(p.fabric.graph().devices[0].decoders.is_empty());
 }
