@@ -185,3 +185,84 @@ fn file_and_syntax_errors() {
         "passthrough needs exactly one root port",
     );
 }
+
+fn run_cxl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cxlvm"))
+        .args(["-v", "run", "--guest"])
+        .arg(cxlvm_test_guests::path("cxl"))
+        .args(args)
+        .output()
+        .expect("cxlvm runs")
+}
+
+#[test]
+fn over_budget_range_stays_mmio_and_the_log_says_why() {
+    assert!(
+        std::path::Path::new("/dev/kvm").exists(),
+        "this test boots a guest and needs /dev/kvm"
+    );
+    let o = run_cxl(&[
+        "--cxl-devices",
+        "2",
+        "--vma-budget",
+        "100",
+        "--cmdline",
+        "mode=region direct=1 expect_direct=0 words=64",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(
+            "decoded, stays on the MMIO path: needs 131072 mappings, 100 left in the VMA budget"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("MMIO -> RAM"), "{err}");
+}
+
+#[test]
+fn mode_changes_are_logged_and_the_memory_state_is_dumped_as_json() {
+    assert!(
+        std::path::Path::new("/dev/kvm").exists(),
+        "this test boots a guest and needs /dev/kvm"
+    );
+    let json = tmp("mtree.json");
+    let o = run_cxl(&[
+        "--cxl-devices",
+        "1",
+        "--mtree",
+        "--mtree-json",
+        json.to_str().unwrap(),
+        "--cmdline",
+        "mode=region verify=1 words=64 uncommit=1",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    // The switch to a direct mapping and back, each with the window and range.
+    assert!(
+        err.contains(
+            "window 0 [0x10000000000, 0x10010000000): MMIO -> RAM (linear: device 0 DPA 0x0)"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("window 0 [0x10000000000, 0x10010000000): RAM -> MMIO"),
+        "{err}"
+    );
+    // The text dump and the JSON agree on the window's exits and ranges.
+    assert!(
+        err.contains("CXL window 0 [0x10000000000, 0x10010000000):"),
+        "{err}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let w = &v["windows"][0];
+    assert_eq!(w["base"], 0x100_0000_0000u64);
+    assert!(w["exits"].as_u64().is_some());
+    assert!(
+        v["flat_view"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["name"] == "cfmw0.decode"))
+    );
+    assert!(v["slots"].as_array().is_some_and(|a| !a.is_empty()));
+}

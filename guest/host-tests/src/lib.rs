@@ -9,6 +9,8 @@ pub mod fixed;
 pub mod pci_calc;
 #[path = "../../kit/src/rand.rs"]
 pub mod rand;
+#[path = "../../kit/src/stats.rs"]
+pub mod stats;
 
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,8 @@
 //! - PCI configuration space through ECAM ([`pci`]) and CXL registers ([`cxl`]): host bridges
 //!   and windows from the boot info, DVSECs, component registers and HDM decoders, device
 //!   registers and the mailbox;
-//! - small no-allocator helpers: [`fixed::FixedVec`] and a seeded PRNG ([`rand::XorShift64`]);
+//! - small no-allocator helpers: [`fixed::FixedVec`], a seeded PRNG ([`rand::XorShift64`]) and
+//!   measurement arithmetic ([`stats`]: MB/s, TSC cycles to ns, percentiles);
 //! - `memcpy`/`memmove`/`memset`/`memcmp`/`bcmp`, which `core` needs and no libc provides;
 //! - a panic handler that prints `guest panic: <info>` and exits with status [`PANIC_STATUS`].
 //!
@@ -51,6 +52,7 @@ pub mod pci;
 pub mod port;
 pub mod rand;
 pub mod rt;
+pub mod stats;
 pub mod sync;
 
 pub use boot::{

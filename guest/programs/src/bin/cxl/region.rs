@@ -21,7 +21,7 @@ const PRECHECK_PATTERN: u64 = 0x9e3c_0000_0000_0000;
 
 /// Who owns a decoder, for messages: `hb <uid>` or `mem<index>`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Owner {
+pub enum Owner {
     #[default]
     None,
     Hb(u32),
@@ -40,17 +40,18 @@ impl fmt::Display for Owner {
 
 /// A decoder this run committed.
 #[derive(Clone, Copy, Debug, Default)]
-struct Committed {
-    owner: Owner,
-    hdm: Option<Hdm>,
-    decoder: u32,
+pub struct Committed {
+    pub owner: Owner,
+    pub hdm: Option<Hdm>,
+    pub decoder: u32,
 }
 
-/// Decoders committed so far, bottom-up (endpoints, then host bridges).
-type CommitLog = FixedVec<Committed, { 2 * MAX_WAYS }>;
+/// Decoders committed so far, bottom-up (endpoints, then host bridges): the last one is the
+/// decoder whose commit completed the region.
+pub type CommitLog = FixedVec<Committed, { 2 * MAX_WAYS }>;
 
 /// The region's arguments, checked.
-struct Request {
+pub struct Request {
     window: WindowEntry,
     window_index: u64,
     offset: u64,
@@ -61,27 +62,37 @@ struct Request {
 }
 
 impl Request {
-    fn base(&self) -> u64 {
+    /// HPA base of the region.
+    pub fn base(&self) -> u64 {
         self.window.base + self.offset
+    }
+
+    /// The window the region is in.
+    pub fn window(&self) -> &WindowEntry {
+        &self.window
+    }
+
+    /// Index of that window among the kind 6 entries.
+    pub fn window_index(&self) -> u64 {
+        self.window_index
     }
 }
 
-pub fn run(boot: &BootInfo) -> Result<(), i32> {
-    let topo = Topology::discover(boot)?;
-    let req = parse(&topo)?;
-    let precheck = flag("precheck", false)?;
-    let verify = flag("verify", false)?;
-    let uncommit = flag("uncommit", false)?;
-    let reread = flag("reread", false)?;
-    let direct = flag("direct", false)?;
-    let expect_direct = flag("expect_direct", true)?;
-    let words = arg_u64("words", 4096);
-    let stride = arg_u64("stride", req.gran / 2 + 8);
-    if stride == 0 || !stride.is_multiple_of(8) {
-        println!("cxl: stride {stride} must be a non-zero multiple of 8");
-        return Err(BAD_ARG);
-    }
-    check_hardware(&topo, &req)?;
+/// What another mode changes of the region defaults (the arguments still win).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Defaults {
+    /// Without `devices=`: one device per host bridge of the window (the first `window ways`
+    /// positions of the default order) instead of every device.
+    pub one_per_host_bridge: bool,
+    /// Without `size=`: 256 MiB per device instead of the rest of the window.
+    pub unit_per_device: bool,
+}
+
+/// Reads the region arguments (`window=`, `offset=`, `size=`, `gran=`, `devices=`), checks them
+/// against the topology and the hardware, and returns the request and the region's range.
+pub fn plan(boot: &BootInfo, topo: &Topology, defaults: Defaults) -> Result<(Request, Mmio), i32> {
+    let req = parse(topo, defaults)?;
+    check_hardware(topo, &req)?;
     let Some(mem) = boot.device_mmio(req.base(), req.size) else {
         println!(
             "cxl: region {:#x}+{:#x} is not in a listed range",
@@ -90,15 +101,15 @@ pub fn run(boot: &BootInfo) -> Result<(), i32> {
         );
         return Err(BAD_REGISTERS);
     };
+    Ok((req, mem))
+}
 
-    if precheck {
-        run_precheck(&mem)?;
-    }
-    if direct {
-        crate::direct::prepare()?;
-    }
+/// Commits the planned region the way Linux does (see [`commit_region`]) and prints the
+/// `region ... committed` line; on failure resets what was committed. Returns the decoders
+/// committed, bottom-up.
+pub fn commit(topo: &Topology, req: &Request) -> Result<CommitLog, i32> {
     let mut log = CommitLog::new();
-    if let Err(status) = commit_region(&topo, &req, &mut log) {
+    if let Err(status) = commit_region(topo, req, &mut log) {
         // Linux resets whatever it committed for the region when a commit fails.
         reset(&log, false);
         return Err(status);
@@ -111,6 +122,32 @@ pub fn run(boot: &BootInfo) -> Result<(), i32> {
         req.gran,
         Csv(req.plan.order())
     );
+    Ok(log)
+}
+
+pub fn run(boot: &BootInfo) -> Result<(), i32> {
+    let topo = Topology::discover(boot)?;
+    let (req, mem) = plan(boot, &topo, Defaults::default())?;
+    let precheck = flag("precheck", false)?;
+    let verify = flag("verify", false)?;
+    let uncommit = flag("uncommit", false)?;
+    let reread = flag("reread", false)?;
+    let direct = flag("direct", false)?;
+    let expect_direct = flag("expect_direct", true)?;
+    let words = arg_u64("words", 4096);
+    let stride = arg_u64("stride", req.gran / 2 + 8);
+    if stride == 0 || !stride.is_multiple_of(8) {
+        println!("cxl: stride {stride} must be a non-zero multiple of 8");
+        return Err(BAD_ARG);
+    }
+
+    if precheck {
+        run_precheck(&mem)?;
+    }
+    if direct {
+        crate::direct::prepare()?;
+    }
+    let log = commit(&topo, &req)?;
     if verify {
         run_verify(&mem, words, stride)?;
     }
@@ -130,7 +167,7 @@ pub fn run(boot: &BootInfo) -> Result<(), i32> {
 }
 
 /// Reads and checks the arguments against the topology.
-fn parse(topo: &Topology) -> Result<Request, i32> {
+fn parse(topo: &Topology, defaults: Defaults) -> Result<Request, i32> {
     let window_index = arg_u64("window", 0);
     let Some(window) = usize::try_from(window_index)
         .ok()
@@ -173,10 +210,19 @@ fn parse(topo: &Topology) -> Result<Request, i32> {
     let mut order = [0u8; MAX_WAYS];
     let ways = match arg("devices") {
         Some(list) => parse_devices(list, &mut order)?,
-        None => cxl::default_order(window.targets(), &devices, &mut order).map_err(|e| {
-            println!("cxl: window {window_index}: no default device set: {e}");
-            BAD_ARG
-        })?,
+        None => {
+            let n = cxl::default_order(window.targets(), &devices, &mut order).map_err(|e| {
+                println!("cxl: window {window_index}: no default device set: {e}");
+                BAD_ARG
+            })?;
+            if defaults.one_per_host_bridge {
+                // Position p is on host bridge targets[p % window ways]: the first `window
+                // ways` positions hold one device of each.
+                n.min(window.ways as usize)
+            } else {
+                n
+            }
+        }
     };
     let plan = cxl::plan_region(window.targets(), &devices, &order[..ways]).map_err(|e| {
         println!("cxl: region: {e}");
@@ -184,7 +230,12 @@ fn parse(topo: &Topology) -> Result<Request, i32> {
     })?;
 
     let offset = arg_u64("offset", 0);
-    let size = arg_u64("size", window.size.saturating_sub(offset));
+    let default_size = if defaults.unit_per_device {
+        cxl::UNIT * u64::from(plan.ways())
+    } else {
+        window.size.saturating_sub(offset)
+    };
+    let size = arg_u64("size", default_size);
     cxl::check_region_range(window.size, offset, size, plan.ways()).map_err(|e| {
         println!("cxl: region: {e}");
         BAD_ARG
@@ -367,7 +418,7 @@ fn commit_one(
 /// Resets the logged decoders top-down (the reverse of the commit order). With `report`,
 /// prints `uncommit fail ...` for a decoder whose Committed bit stays set; returns whether all
 /// cleared.
-fn reset(log: &CommitLog, report: bool) -> bool {
+pub fn reset(log: &CommitLog, report: bool) -> bool {
     let mut ok = true;
     for c in log.iter().rev() {
         let Some(hdm) = c.hdm else { continue };

@@ -1,0 +1,443 @@
+//! `cargo run --release -p cxlvm-bench`: measures what cxlvm claims, side by side in the same
+//! runs, and prints a table plus a JSON file (schema in docs/performance.md).
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use cxlvm_cxl::topology::Topology;
+use cxlvm_memory::RamBacking;
+use cxlvm_vmm::{FaultKind, Machine, MachineConfig, Outcome, RunReport, SerialOut};
+use serde::Serialize;
+
+/// cxlvm benchmarks.
+#[derive(Parser)]
+#[command(about)]
+struct Args {
+    /// Small sizes and one run per figure (CI: checks that everything runs and parses).
+    #[arg(long)]
+    quick: bool,
+    /// Runs per figure (median/min/max over them); default 5, 1 with --quick.
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/bench.json")]
+    json: PathBuf,
+}
+
+/// Median, min and max of one figure over the runs.
+#[derive(Clone, Debug, Serialize)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+    runs: usize,
+    unit: &'static str,
+}
+
+fn stat(mut v: Vec<f64>, unit: &'static str) -> Stat {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Stat {
+        median,
+        min: v.first().copied().unwrap_or(f64::NAN),
+        max: v.last().copied().unwrap_or(f64::NAN),
+        runs: n,
+        unit,
+    }
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Run {
+    report: RunReport,
+    serial: String,
+}
+
+fn boot(
+    guest: &str,
+    cmdline: &str,
+    topo: Option<Topology>,
+    vcpus: u32,
+    memory: u64,
+) -> anyhow::Result<Run> {
+    let cap = Capture::default();
+    let mut cfg = MachineConfig::new(cxlvm_test_guests::path(guest));
+    cfg.cmdline = cmdline.to_owned();
+    cfg.serial = SerialOut::Writer(Box::new(cap.clone()));
+    cfg.timeout = Some(Duration::from_secs(300));
+    cfg.vcpus = vcpus;
+    cfg.memory = memory;
+    cfg.cxl = topo;
+    cfg.started = Some(Instant::now());
+    let mut m = Machine::build(cfg).context("building the benchmark machine")?;
+    let report = m.run()?;
+    let serial =
+        String::from_utf8_lossy(&cap.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    Ok(Run { report, serial })
+}
+
+fn boot_ok(guest: &str, cmdline: &str, topo: Option<Topology>, memory: u64) -> anyhow::Result<Run> {
+    let r = boot(guest, cmdline, topo, 1, memory)?;
+    if r.report.outcome != Outcome::Exit(0) {
+        bail!("{guest} {cmdline}: {:?}\n{}", r.report.outcome, r.serial);
+    }
+    Ok(r)
+}
+
+/// `key=value` tokens of the serial lines starting with `prefix`.
+fn lines<'a>(
+    serial: &'a str,
+    prefix: &'a str,
+) -> impl Iterator<Item = BTreeMap<&'a str, &'a str>> + 'a {
+    serial
+        .lines()
+        .filter(move |l| l.starts_with(prefix))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|t| t.split_once('='))
+                .collect()
+        })
+}
+
+fn num(m: &BTreeMap<&str, &str>, k: &str) -> anyhow::Result<f64> {
+    m.get(k)
+        .with_context(|| format!("missing {k} in {m:?}"))?
+        .parse::<f64>()
+        .with_context(|| format!("{k} is not a number in {m:?}"))
+}
+
+const MIB: u64 = 1 << 20;
+
+/// The bandwidth configurations: name, devices, granularity, region size.
+fn bw_configs(quick: bool) -> Vec<(&'static str, u8, u64, u64)> {
+    let gib = 1u64 << 30;
+    let mut v = vec![("1-way", 1, 4096, 256 * MIB)];
+    v.push(("2-way 4K", 2, 4096, 512 * MIB));
+    v.push(("2-way 16K", 2, 16384, 512 * MIB));
+    if !quick {
+        v.push(("4-way 4K", 4, 4096, gib));
+        v.push(("4-way 16K", 4, 16384, gib));
+    }
+    v
+}
+
+#[derive(Serialize, Default)]
+struct Results {
+    machine: String,
+    quick: bool,
+    bandwidth_mbps: BTreeMap<String, Stat>,
+    bandwidth_ratio: BTreeMap<String, Stat>,
+    mmio: BTreeMap<String, Stat>,
+    remap_us: BTreeMap<String, Stat>,
+    stitch_build_ms: BTreeMap<String, Stat>,
+    startup: BTreeMap<String, Stat>,
+    xsavec_avx: BTreeMap<String, serde_json::Value>,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let kvm = std::fs::read_to_string("/proc/modules")
+        .ok()
+        .map(|m| {
+            if m.contains("kvm_pvm") {
+                "kvm_pvm"
+            } else if m.contains("kvm_intel") {
+                "kvm_intel"
+            } else if m.contains("kvm_amd") {
+                "kvm_amd"
+            } else {
+                "kvm"
+            }
+        })
+        .unwrap_or("kvm");
+    format!(
+        "{cpu}, {} CPUs, {kvm}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 }).max(1);
+    let mut res = Results {
+        machine: machine(),
+        quick: args.quick,
+        ..Default::default()
+    };
+    let mib = if args.quick { 4 } else { 64 };
+    let mem = (2 * mib + 64) * MIB;
+
+    // 1. Bandwidth, window vs RAM, same guest, same run.
+    for (name, devices, gran, size) in bw_configs(args.quick) {
+        let mut per: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut ratio: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for _ in 0..runs {
+            let topo = Topology::simple(devices, size / u64::from(devices), gran, false);
+            let r = boot_ok(
+                "cxl",
+                &format!("mode=bw mib={mib} gran={gran} size={size:#x}"),
+                Some(topo),
+                mem,
+            )?;
+            let mut ram = BTreeMap::new();
+            for l in lines(&r.serial, "bw target=") {
+                let (t, op) = (
+                    l.get("target").copied().unwrap_or(""),
+                    l.get("op").copied().unwrap_or(""),
+                );
+                let v = num(&l, "mbps")?;
+                per.entry(format!("{name} {t} {op}")).or_default().push(v);
+                if t == "ram" {
+                    ram.insert(op.to_owned(), v);
+                } else if let Some(&rv) = ram.get(op) {
+                    ratio
+                        .entry(format!("{name} {op}"))
+                        .or_default()
+                        .push(v / rv);
+                }
+            }
+            if !r.serial.contains("bw ok") {
+                bail!("bandwidth guest did not finish: {}", r.serial);
+            }
+        }
+        for (k, v) in per {
+            res.bandwidth_mbps.insert(k, stat(v, "MB/s"));
+        }
+        for (k, v) in ratio {
+            res.bandwidth_ratio.insert(k, stat(v, "window/RAM"));
+        }
+    }
+
+    // 2. MMIO path cost vs the exit floor.
+    let count = if args.quick { 2000 } else { 20000 };
+    let (mut w, mut d) = (Vec::new(), Vec::new());
+    let (mut wc, mut nc) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let r = boot_ok(
+            "cxl",
+            &format!("mode=exits count={count}"),
+            Some(Topology::simple(1, 256 * MIB, 4096, false)),
+            64 * MIB,
+        )?;
+        let e = lines(&r.serial, "exits window_cyc=")
+            .next()
+            .context("no exits line")?;
+        let dec = lines(&r.serial, "exits decoded_cyc=")
+            .next()
+            .context("no decoded line")?;
+        let floor = num(&e, "null_mmio_cyc")?;
+        w.push(num(&e, "window_cyc")? / floor);
+        d.push(num(&dec, "decoded_cyc")? / floor);
+        let khz = num(&e, "tsc_khz")?;
+        wc.push(num(&e, "window_cyc")? / khz * 1000.0);
+        nc.push(floor / khz * 1000.0);
+    }
+    res.mmio.insert(
+        "unclaimed window access / null MMIO exit".into(),
+        stat(w, "ratio"),
+    );
+    res.mmio.insert(
+        "decoded window access (MMIO path) / null MMIO exit".into(),
+        stat(d, "ratio"),
+    );
+    res.mmio
+        .insert("unclaimed window access".into(), stat(wc, "us"));
+    res.mmio
+        .insert("null MMIO exit (floor)".into(), stat(nc, "us"));
+
+    // 3. Remap latency.
+    let cycles = if args.quick { 20 } else { 200 };
+    for (name, devices, gran, size) in [
+        ("1-way", 1u8, 4096u64, 256 * MIB),
+        ("2-way 16K", 2, 16384, 512 * MIB),
+    ] {
+        let mut s: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for _ in 0..runs {
+            let topo = Topology::simple(devices, size / u64::from(devices), gran, false);
+            let r = boot_ok(
+                "cxl",
+                &format!("mode=remap cycles={cycles} gran={gran} size={size:#x}"),
+                Some(topo),
+                64 * MIB,
+            )?;
+            for l in lines(&r.serial, "remap dir=") {
+                let dir = l.get("dir").copied().unwrap_or("?");
+                for p in ["p50_ns", "p99_ns"] {
+                    s.entry(format!("{name} {dir} {}", &p[..3]))
+                        .or_default()
+                        .push(num(&l, p)? / 1000.0);
+                }
+            }
+        }
+        for (k, v) in s {
+            res.remap_us.insert(k, stat(v, "us"));
+        }
+    }
+
+    // 4. Build cost of a stitched interleave map (host side).
+    for (name, size, gran) in [
+        ("256 MiB @ 4 KiB", 256 * MIB, 4096u64),
+        ("1 GiB @ 16 KiB", 1024 * MIB, 16384),
+    ] {
+        let (size, gran) = if args.quick {
+            (size / 16, gran)
+        } else {
+            (size, gran)
+        };
+        let devs: Vec<Arc<RamBacking>> = (0..2)
+            .map(|i| RamBacking::memfd(&format!("bench{i}"), size / 2))
+            .collect::<Result<_, _>>()?;
+        let pieces: Vec<(Arc<RamBacking>, u64, u64)> = (0..size / gran)
+            .map(|k| (devs[(k % 2) as usize].clone(), (k / 2) * gran, gran))
+            .collect();
+        let mut t = Vec::new();
+        for _ in 0..runs.max(3) {
+            let t0 = Instant::now();
+            let b = RamBacking::stitched("bench", &pieces)?;
+            t.push(t0.elapsed().as_secs_f64() * 1000.0);
+            drop(b);
+        }
+        res.stitch_build_ms.insert(name.into(), stat(t, "ms"));
+    }
+
+    // 5. Start-up and footprint.
+    let (mut first, mut rss) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(3) {
+        let r = boot_ok("hello", "", None, 64 * MIB)?;
+        first.push(r.report.stats.start_to_first_instruction_us.unwrap_or(0) as f64 / 1000.0);
+        rss.push(r.report.stats.rss_overhead_kib as f64 / 1024.0);
+    }
+    res.startup
+        .insert("start to first guest instruction".into(), stat(first, "ms"));
+    res.startup
+        .insert("peak RSS beyond guest memory".into(), stat(rss, "MiB"));
+    let big = Topology::simple(1, 1 << 40, 4096, false);
+    let r = boot_ok("cxl", "mode=probe", Some(big), 64 * MIB)?;
+    res.startup.insert(
+        "resident memory with a 1 TiB device (probe run)".into(),
+        stat(
+            vec![r.report.stats.guest_resident_kib as f64 / 1024.0],
+            "MiB",
+        ),
+    );
+
+    // 6. XSAVEC / AVX survival.
+    let n = if args.quick { 1 } else { runs };
+    let mut crashed_direct = 0;
+    let mut crashed_mmio = 0;
+    for _ in 0..n {
+        let topo = Topology::simple(1, 256 * MIB, 4096, false);
+        let r = boot(
+            "cxl",
+            "mode=xsavec_loop runs=100",
+            Some(topo.clone()),
+            1,
+            64 * MIB,
+        )?;
+        if r.report.outcome != Outcome::Exit(0) {
+            crashed_direct += 1;
+        }
+        let r = boot(
+            "cxl",
+            "mode=xsavec_loop runs=1 direct=0",
+            Some(topo),
+            1,
+            64 * MIB,
+        )?;
+        if matches!(
+            r.report.outcome,
+            Outcome::Fault {
+                kind: FaultKind::InternalError(_),
+                ..
+            }
+        ) {
+            crashed_mmio += 1;
+        }
+    }
+    res.xsavec_avx.insert("runs".into(), n.into());
+    res.xsavec_avx.insert(
+        "crashes on committed CXL memory (direct mapping)".into(),
+        crashed_direct.into(),
+    );
+    res.xsavec_avx.insert(
+        "crashes on MMIO-only CXL memory (KVM emulation failure)".into(),
+        crashed_mmio.into(),
+    );
+
+    print_table(&res);
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&res)? + "\n")
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("\nJSON: {}", args.json.display());
+    Ok(())
+}
+
+fn print_table(r: &Results) {
+    println!(
+        "cxlvm benchmarks on {} ({} mode)\n",
+        r.machine,
+        if r.quick { "quick" } else { "full" }
+    );
+    let section = |title: &str, m: &BTreeMap<String, Stat>| {
+        println!("{title}");
+        for (k, s) in m {
+            println!(
+                "  {k:<58} {:>12.3} {:<10} (min {:.3}, max {:.3}, n={})",
+                s.median, s.unit, s.min, s.max, s.runs
+            );
+        }
+        println!();
+    };
+    section("Bandwidth (median MB/s)", &r.bandwidth_mbps);
+    section(
+        "Window / RAM bandwidth ratio (same run)",
+        &r.bandwidth_ratio,
+    );
+    section("MMIO path", &r.mmio);
+    section(
+        "Remap latency (commit/uncommit write to first access)",
+        &r.remap_us,
+    );
+    section("Stitched interleave map build", &r.stitch_build_ms);
+    section("Start-up and footprint", &r.startup);
+    println!("XSAVEC / AVX survival");
+    for (k, v) in &r.xsavec_avx {
+        println!("  {k:<58} {v}");
+    }
+}
