@@ -2,6 +2,7 @@ use crate::cxl_calc::*;
 use crate::fixed::FixedVec;
 use crate::pci_calc::*;
 use crate::rand::XorShift64;
+use crate::stats::{Summary, cycles_to_ns, mbps, percentile};
 
 // ---------------------------------------------------------------------------------------------
 // PCI
@@ -707,4 +708,53 @@ fn xorshift_is_deterministic_and_bounded() {
     assert!(r.one_in(1));
     assert_eq!(r.pick::<u8>(&[]), None);
     assert_eq!(r.pick(&[9]), Some(&9));
+}
+
+#[test]
+fn mbps_and_ns_from_tsc_cycles() {
+    // 64 MiB in 0.01 s at 3 GHz: 6710 MB/s.
+    assert_eq!(mbps(64 << 20, 3_000_000, 30_000_000), 6710);
+    assert_eq!(mbps(1_000_000, 1_000_000, 1_000_000), 1000, "1 MB in 1 ms");
+    assert_eq!(mbps(1, 3_000_000, 0), 0, "no cycles: no rate");
+    assert_eq!(mbps(1, 0, 5), 0, "unknown TSC rate");
+    assert_eq!(mbps(u64::MAX, u64::MAX, 1), u64::MAX, "saturates");
+    assert_eq!(cycles_to_ns(3_000, 3_000_000), 1_000);
+    assert_eq!(cycles_to_ns(2, 3_000_000), 0, "rounded down");
+    assert_eq!(cycles_to_ns(1_000, 0), 0);
+}
+
+#[test]
+fn percentiles_are_nearest_rank() {
+    assert_eq!(percentile(&[], 50), 0);
+    assert_eq!(percentile(&[7], 0), 7);
+    assert_eq!(percentile(&[7], 99), 7);
+    let v: Vec<u64> = (1..=200).collect();
+    assert_eq!(percentile(&v, 0), 1);
+    assert_eq!(percentile(&v, 50), 100);
+    assert_eq!(percentile(&v, 99), 198);
+    assert_eq!(percentile(&v, 100), 200);
+    assert_eq!(percentile(&v, 250), 200, "clamped to 100");
+    let v: Vec<u64> = (1..=10).collect();
+    assert_eq!(percentile(&v, 50), 5);
+    assert_eq!(percentile(&v, 99), 10);
+}
+
+#[test]
+fn summary_sorts_in_place_and_maps() {
+    let mut s = [5u64, 1, 9, 3, 7];
+    let sum = Summary::of(&mut s);
+    assert_eq!(s, [1, 3, 5, 7, 9]);
+    assert_eq!(
+        sum,
+        Summary {
+            samples: 5,
+            p50: 5,
+            p99: 9,
+            min: 1,
+            max: 9
+        }
+    );
+    let ns = sum.map(|c| c * 10);
+    assert_eq!((ns.samples, ns.p50, ns.p99, ns.min, ns.max), (5, 50, 90, 10, 90));
+    assert_eq!(Summary::of(&mut []), Summary::default());
 }
