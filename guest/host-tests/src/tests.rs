@@ -755,6 +755,9 @@ fn summary_sorts_in_place_and_maps() {
         }
     );
     let ns = sum.map(|c| c * 10);
-    assert_eq!((ns.samples, ns.p50, ns.p99, ns.min, ns.max), (5, 50, 90, 10, 90));
+    assert_eq!(
+        (ns.samples, ns.p50, ns.p99, ns.min, ns.max),
+        (5, 50, 90, 10, 90)
+    );
     assert_eq!(Summary::of(&mut []), Summary::default());
 }

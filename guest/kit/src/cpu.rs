@@ -1,5 +1,5 @@
-//! CPU instructions the test programs need: TSC, CPUID, XSAVEC, AVX loads and stores,
-//! `rep movsb`/`rep stosb`.
+//! CPU instructions the test programs need: TSC, CPUID, XSAVEC, AVX loads and stores (single
+//! and looped), `rep movsb`/`rep stosb`.
 
 use core::arch::asm;
 
@@ -195,6 +195,90 @@ pub unsafe fn avx_load32(src: *const u8) -> [u8; 32] {
             dst = in(reg) out.as_mut_ptr(),
             out("ymm0") _,
             options(nostack, preserves_flags),
+        )
+    }
+    out
+}
+
+/// Fills `len` bytes at `dst` with 32-byte AVX stores (`vmovdqu [dst], ymm0` in a loop), each
+/// storing `data`; then `vzeroupper`. For bandwidth measurements: one store per 32 bytes, no
+/// call per store.
+///
+/// # Safety
+/// `dst` must be valid for writes of `len` bytes (no alignment needed), `len` a multiple of 32,
+/// and AVX usable ([`has_avx`]).
+///
+/// # Panics
+/// When `len` is not a multiple of 32.
+#[inline]
+#[target_feature(enable = "avx")]
+pub unsafe fn avx_fill32(dst: *mut u8, len: usize, data: &[u8; 32]) {
+    assert!(
+        len.is_multiple_of(32),
+        "avx_fill32 length {len} is not a multiple of 32"
+    );
+    // SAFETY: `data` is 32 readable bytes; the caller guarantees `dst..dst + len` and AVX. The
+    // loop stores exactly `len / 32` times forward from `dst`; `vzeroupper` and the YMM
+    // registers are covered by clobbering the C ABI's caller-saved registers.
+    unsafe {
+        asm!(
+            "vmovdqu ymm0, ymmword ptr [rsi]",
+            "test rcx, rcx",
+            "jz 3f",
+            "2:",
+            "vmovdqu ymmword ptr [rdi], ymm0",
+            "add rdi, 32",
+            "sub rcx, 32",
+            "jnz 2b",
+            "3:",
+            "vzeroupper",
+            inout("rdi") dst => _,
+            inout("rcx") len => _,
+            in("rsi") data.as_ptr(),
+            clobber_abi("C"),
+            options(nostack),
+        )
+    }
+}
+
+/// Reads `len` bytes at `src` with 32-byte AVX loads (`vmovdqu ymm0, [src]` in a loop), then
+/// `vzeroupper`; returns the last 32 bytes loaded (zeros when `len` is 0). For bandwidth
+/// measurements: one load per 32 bytes, no call per load.
+///
+/// # Safety
+/// `src` must be valid for reads of `len` bytes (no alignment needed), `len` a multiple of 32,
+/// and AVX usable ([`has_avx`]).
+///
+/// # Panics
+/// When `len` is not a multiple of 32.
+#[inline]
+#[target_feature(enable = "avx")]
+pub unsafe fn avx_read32(src: *const u8, len: usize) -> [u8; 32] {
+    assert!(
+        len.is_multiple_of(32),
+        "avx_read32 length {len} is not a multiple of 32"
+    );
+    let mut out = [0u8; 32];
+    // SAFETY: the caller guarantees `src..src + len` and AVX; the loop loads exactly `len / 32`
+    // times forward from `src`; `out` is 32 writable bytes; `vzeroupper` and the YMM registers
+    // are covered by clobbering the C ABI's caller-saved registers.
+    unsafe {
+        asm!(
+            "test rcx, rcx",
+            "jz 3f",
+            "2:",
+            "vmovdqu ymm0, ymmword ptr [rsi]",
+            "add rsi, 32",
+            "sub rcx, 32",
+            "jnz 2b",
+            "vmovdqu ymmword ptr [rdi], ymm0",
+            "3:",
+            "vzeroupper",
+            inout("rsi") src => _,
+            inout("rcx") len => _,
+            in("rdi") out.as_mut_ptr(),
+            clobber_abi("C"),
+            options(nostack),
         )
     }
     out

@@ -522,6 +522,13 @@ impl Hdm {
         self.reg(n, hdm::CONTROL)
     }
 
+    /// Writes Control of decoder `n` (one register write, nothing polled). Clearing Commit of a
+    /// committed decoder uncommits it and keeps its base, size and target list, so writing the
+    /// old Control value back commits it again (cxlvm validates synchronously).
+    pub fn set_control(&self, n: u32, value: u32) {
+        self.set_reg(n, hdm::CONTROL, value)
+    }
+
     /// Registers of decoder `n` (`n` < [`decoder_count`](Self::decoder_count)).
     pub fn decoder(&self, n: u32) -> DecoderState {
         let pair = |lo, hi| u64::from(self.reg(n, lo)) | (u64::from(self.reg(n, hi)) << 32);

@@ -17,26 +17,42 @@
 //!   and windows; the VMM must survive;
 //! - `stress` (`window=`, `size=`, `words=`, `iters=`; vCPUs 0 and 1): vCPU 0 streams stores
 //!   into one region while vCPU 1 commits and uncommits another, toggles direct mappings and
-//!   resets a device.
+//!   resets a device;
+//! - `bw` (region arguments, `mib=`, `direct=0`, `mmio_kib=`): bandwidth of 8-byte and AVX
+//!   loads/stores and `rep movsb` on free RAM and on a committed region;
+//! - `remap` (region arguments, `cycles=`): latency of committing/uncommitting the decoder
+//!   that completes a region, up to the first read of the region base;
+//! - `exits` (region arguments, `count=`): cycles per MMIO exit on an empty window, the null
+//!   MMIO device and a decoded region on the MMIO path;
+//! - `xsavec_loop` (region arguments, `runs=`, `direct=0`): XSAVEC and AVX in a loop on a
+//!   committed region.
 //!
 //! guest/README.md lists the output lines and exit statuses.
 #![no_std]
 #![no_main]
 
+#[path = "cxl/bw.rs"]
+mod bw;
 #[path = "cxl/direct.rs"]
 mod direct;
 #[path = "cxl/enumerate.rs"]
 mod enumerate;
+#[path = "cxl/exits.rs"]
+mod exits;
 #[path = "cxl/fuzz.rs"]
 mod fuzz;
 #[path = "cxl/probe.rs"]
 mod probe;
 #[path = "cxl/region.rs"]
 mod region;
+#[path = "cxl/remap.rs"]
+mod remap;
 #[path = "cxl/stress.rs"]
 mod stress;
 #[path = "cxl/topology.rs"]
 mod topology;
+#[path = "cxl/xsavec_loop.rs"]
+mod xsavec_loop;
 
 use core::fmt;
 
@@ -78,8 +94,14 @@ fn main(boot: &BootInfo, vcpu: u32) -> i32 {
         "probe" => probe::run(boot),
         "region" => region::run(boot),
         "fuzz" => fuzz::run(boot),
+        "bw" => bw::run(boot),
+        "remap" => remap::run(boot),
+        "exits" => exits::run(boot),
+        "xsavec_loop" => xsavec_loop::run(boot),
         other => {
-            println!("cxl: bad mode `{other}` (enumerate, probe, region, fuzz, stress)");
+            println!(
+                "cxl: bad mode `{other}` (enumerate, probe, region, fuzz, stress, bw, remap, exits, xsavec_loop)"
+            );
             Err(BAD_ARG)
         }
     };

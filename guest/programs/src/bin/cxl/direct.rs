@@ -21,13 +21,13 @@ use crate::region::verify_offsets;
 use crate::{DIRECT, MISMATCH};
 
 /// Region offset of the XSAVEC area (64-byte aligned).
-const XSAVEC_OFFSET: u64 = 0x1000;
+pub const XSAVEC_OFFSET: u64 = 0x1000;
 /// Most bytes the XSAVEC area may take (it must end before [`AVX_OFFSET`]).
-const XSAVEC_MAX: u64 = AVX_OFFSET - XSAVEC_OFFSET;
+pub const XSAVEC_MAX: u64 = AVX_OFFSET - XSAVEC_OFFSET;
 /// Region offset of the AVX store.
-const AVX_OFFSET: u64 = 0x2000;
+pub const AVX_OFFSET: u64 = 0x2000;
 /// XSAVEC components: x87, SSE, AVX.
-const XSAVEC_MASK: u64 = cpu::xstate::X87 | cpu::xstate::SSE | cpu::xstate::AVX;
+pub const XSAVEC_MASK: u64 = cpu::xstate::X87 | cpu::xstate::SSE | cpu::xstate::AVX;
 
 /// Sets the control port to `on` and checks it reads back.
 fn switch(on: bool) -> Result<(), i32> {
