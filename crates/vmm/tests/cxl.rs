@@ -306,3 +306,29 @@ fn xor_window_selects_host_bridges_by_parity() {
         "the sample exercises the XOR part ({differs_from_modulo})"
     );
 }
+
+#[test]
+fn dropping_a_machine_releases_its_cxl_platform() {
+    common::require_kvm();
+    let mut cfg = cxlvm_vmm::MachineConfig::new(cxlvm_test_guests::path("hello"));
+    cfg.cxl = Some(Topology::simple(2, 256 << 20, 4096, false));
+    cfg.serial = cxlvm_vmm::SerialOut::Null;
+    let m = cxlvm_vmm::Machine::build(cfg).unwrap();
+    let fabric = std::sync::Arc::downgrade(&m.cxl().unwrap().fabric);
+    let backing =
+        std::sync::Arc::downgrade(m.cxl().unwrap().memories[0].volatile.as_ref().unwrap());
+    let overlays = std::sync::Arc::downgrade(&m.cxl().unwrap().overlays);
+    drop(m);
+    assert!(
+        fabric.upgrade().is_none(),
+        "the fabric outlived its machine (reference cycle)"
+    );
+    assert!(
+        overlays.upgrade().is_none(),
+        "the overlay manager outlived its machine"
+    );
+    assert!(
+        backing.upgrade().is_none(),
+        "device memory outlived its machine"
+    );
+}
