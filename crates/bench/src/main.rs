@@ -3,9 +3,8 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -59,22 +58,6 @@ fn stat(mut v: Vec<f64>, unit: &'static str) -> Stat {
     }
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 struct Run {
     report: RunReport,
     serial: String,
@@ -87,7 +70,7 @@ fn boot(
     vcpus: u32,
     memory: u64,
 ) -> anyhow::Result<Run> {
-    let cap = Capture::default();
+    let cap = cxlvm_test_guests::SerialCapture::default();
     let mut cfg = MachineConfig::new(cxlvm_test_guests::path(guest));
     cfg.cmdline = cmdline.to_owned();
     cfg.serial = SerialOut::Writer(Box::new(cap.clone()));
@@ -98,8 +81,7 @@ fn boot(
     cfg.started = Some(Instant::now());
     let mut m = Machine::build(cfg).context("building the benchmark machine")?;
     let report = m.run()?;
-    let serial =
-        String::from_utf8_lossy(&cap.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let serial = cap.text();
     Ok(Run { report, serial })
 }
 

@@ -5,28 +5,10 @@
 //! the way other VMMs serve CXL memory. The mapping switches are logged as they happen.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cxlvm_cxl::topology::Topology;
 use cxlvm_vmm::{Machine, MachineConfig, Outcome, SerialOut};
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const TOPOLOGY: &str = r#"
 [[host_bridge]]
@@ -52,7 +34,7 @@ targets = ["hb0"]
 "#;
 
 fn boot(cmdline: &str) -> anyhow::Result<(Machine, String)> {
-    let cap = Capture::default();
+    let cap = cxlvm_test_guests::SerialCapture::default();
     let mut cfg = MachineConfig::new(cxlvm_test_guests::path("cxl"));
     cfg.cmdline = cmdline.to_owned();
     cfg.memory = 256 << 20;
@@ -62,8 +44,7 @@ fn boot(cmdline: &str) -> anyhow::Result<(Machine, String)> {
     cfg.started = Some(Instant::now());
     let mut m = Machine::build(cfg)?;
     let r = m.run()?;
-    let text =
-        String::from_utf8_lossy(&cap.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let text = cap.text();
     if r.outcome != Outcome::Exit(0) {
         anyhow::bail!("guest '{cmdline}' ended with {:?}:\n{text}", r.outcome);
     }

@@ -56,3 +56,27 @@ pub mod status {
     /// Any guest: it panicked (the message, `guest panic: ...`, is on the serial console).
     pub const PANIC: i32 = 0xfe;
 }
+
+/// A serial console sink that keeps what the guest printed (clone it: all clones share the text).
+#[derive(Clone, Default)]
+pub struct SerialCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SerialCapture {
+    /// Everything written so far, as (lossy) UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+impl std::io::Write for SerialCapture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,31 +1,12 @@
 //! Shared helpers for the real-KVM tests.
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cxlvm_vmm::{Machine, MachineConfig, RunReport, SerialOut};
 
 /// Serial output captured in memory.
-#[derive(Clone, Default)]
-pub struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Capture {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
+pub type Capture = cxlvm_test_guests::SerialCapture;
 
 /// Fails loudly when KVM is missing: these tests must not pass without it.
 pub fn require_kvm() {
