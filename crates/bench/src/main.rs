@@ -27,6 +27,31 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench.json")]
     json: PathBuf,
+    /// Internal: boot one guest in this fresh process and print its statistics as JSON
+    /// (start-up and footprint must not see other machines of the same process).
+    #[arg(long, hide = true, value_name = "DEVICE_BYTES")]
+    single: Option<u64>,
+}
+
+/// Start-up statistics of one machine in a fresh process: (start to first instruction in ms,
+/// peak RSS beyond guest memory in MiB, resident guest memory in MiB).
+fn single_process(device_bytes: u64) -> anyhow::Result<(f64, f64, f64)> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["--single", &device_bytes.to_string()])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "single-machine run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let f = |k: &str| v[k].as_f64().with_context(|| format!("{k} in {v}"));
+    Ok((
+        f("first_ms")?,
+        f("rss_overhead_mib")?,
+        f("guest_resident_mib")?,
+    ))
 }
 
 /// Median, min and max of one figure over the runs.
@@ -174,6 +199,29 @@ fn machine() -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(bytes) = args.single {
+        // 0: the hello guest without CXL; otherwise the cxl guest probing one device of `bytes`.
+        let r = if bytes == 0 {
+            boot_ok("hello", "", None, 64 * MIB)?
+        } else {
+            boot_ok(
+                "cxl",
+                "mode=probe",
+                Some(Topology::simple(1, bytes, 4096, false)),
+                64 * MIB,
+            )?
+        };
+        let s = &r.report.stats;
+        println!(
+            "{}",
+            serde_json::json!({
+                "first_ms": s.start_to_first_instruction_us.unwrap_or(0) as f64 / 1000.0,
+                "rss_overhead_mib": s.rss_overhead_kib as f64 / 1024.0,
+                "guest_resident_mib": s.guest_resident_kib as f64 / 1024.0,
+            })
+        );
+        return Ok(());
+    }
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 }).max(1);
     let mut res = Results {
         machine: machine(),
@@ -316,26 +364,28 @@ fn main() -> anyhow::Result<()> {
         res.stitch_build_ms.insert(name.into(), stat(t, "ms"));
     }
 
-    // 5. Start-up and footprint.
+    // 5. Start-up and footprint, each in a fresh process.
     let (mut first, mut rss) = (Vec::new(), Vec::new());
     for _ in 0..runs.max(3) {
-        let r = boot_ok("hello", "", None, 64 * MIB)?;
-        first.push(r.report.stats.start_to_first_instruction_us.unwrap_or(0) as f64 / 1000.0);
-        rss.push(r.report.stats.rss_overhead_kib as f64 / 1024.0);
+        let (f, r, _) = single_process(0)?;
+        first.push(f);
+        rss.push(r);
     }
     res.startup
         .insert("start to first guest instruction".into(), stat(first, "ms"));
     res.startup
         .insert("peak RSS beyond guest memory".into(), stat(rss, "MiB"));
-    let big = Topology::simple(1, 1 << 40, 4096, false);
-    let r = boot_ok("cxl", "mode=probe", Some(big), 64 * MIB)?;
-    res.startup.insert(
-        "resident memory with a 1 TiB device (probe run)".into(),
-        stat(
-            vec![r.report.stats.guest_resident_kib as f64 / 1024.0],
-            "MiB",
-        ),
-    );
+    for (name, bytes) in [("256 MiB", 256 * MIB), ("1 TiB", 1 << 40)] {
+        let (_, overhead, resident) = single_process(bytes)?;
+        res.startup.insert(
+            format!("resident guest + device memory, one {name} device (probe run)"),
+            stat(vec![resident], "MiB"),
+        );
+        res.startup.insert(
+            format!("peak RSS beyond guest memory, one {name} device"),
+            stat(vec![overhead], "MiB"),
+        );
+    }
 
     // 6. XSAVEC / AVX survival.
     let n = if args.quick { 1 } else { runs };

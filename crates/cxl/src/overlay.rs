@@ -44,7 +44,13 @@ struct Installed {
     plan: RangePlan,
     regions: Vec<RegionId>,
     mappings: u64,
+    /// The stitched backing of an interleaved overlay (kept for the cache on removal).
+    stitched: Option<Arc<RamBacking>>,
 }
+
+/// Most stitched backings kept after their range was unmapped, for a quick re-commit of the same
+/// region (building one costs a few microseconds per granule; re-adding a cached one is a slot).
+const STITCH_CACHE: usize = 4;
 
 /// Manages the overlays of all windows.
 pub struct OverlayManager {
@@ -58,6 +64,9 @@ pub struct OverlayManager {
     graph: Arc<ArcSwap<DecodeGraph>>,
     direct: AtomicBool,
     installed: Mutex<BTreeMap<(usize, u64), Installed>>,
+    /// Recently unmapped interleaved ranges: (plan, backing), newest last. Their mappings count
+    /// against the VMA budget; they are dropped first when the budget is needed.
+    stitch_cache: Mutex<Vec<(RangePlan, Arc<RamBacking>)>>,
     mmio_only: Mutex<Vec<RangeState>>,
     fatal: Box<dyn Fn(String) + Send + Sync>,
 }
@@ -149,6 +158,7 @@ impl OverlayManager {
             graph,
             direct: AtomicBool::new(direct),
             installed: Mutex::new(BTreeMap::new()),
+            stitch_cache: Mutex::new(Vec::new()),
             mmio_only: Mutex::new(Vec::new()),
             fatal,
         }
@@ -244,7 +254,20 @@ impl OverlayManager {
     pub fn apply(&self) {
         let mut installed = self.installed.lock().unwrap_or_else(|e| e.into_inner());
         let graph = self.graph.load_full();
-        let mut plans = planner::plan(&graph, self.vma_budget);
+        let mut cache = self.stitch_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let cached: u64 = cache.iter().map(|(_, b)| b.mappings() as u64).sum();
+        let mut plans = planner::plan(&graph, self.vma_budget.saturating_sub(cached));
+        let short = |plans: &[RangePlan]| {
+            plans
+                .iter()
+                .any(|p| matches!(p, RangePlan::MmioOnly { reason, .. } if reason.contains("VMA budget")))
+        };
+        if cached > 0 && short(&plans) {
+            // The cache is in the way: give its mappings back and plan with the whole budget.
+            cache.clear();
+            plans = planner::plan(&graph, self.vma_budget);
+        }
+        drop(cache);
         if !self.direct() {
             for p in &mut plans {
                 if !matches!(p, RangePlan::MmioOnly { .. }) {
@@ -354,6 +377,7 @@ impl OverlayManager {
             };
             let mut regions = Vec::new();
             let mut mappings = 0;
+            let mut stitched = None;
             for part in parts {
                 let r = match part {
                     Part::Alias {
@@ -367,6 +391,7 @@ impl OverlayManager {
                     Part::Stitched { backing, at } => {
                         let n = backing.mappings() as u64;
                         let size = backing.size();
+                        stitched = Some(backing.clone());
                         tx.add_ram("cxl.interleave", backing, 0, size, false)
                             .map(|r| (r, at, n))
                     }
@@ -385,7 +410,7 @@ impl OverlayManager {
                     }
                 }
             }
-            added.push((plan.clone(), regions, mappings));
+            added.push((plan.clone(), regions, mappings, stitched));
         }
         if !ok {
             drop(tx);
@@ -400,6 +425,14 @@ impl OverlayManager {
                 for k in removed {
                     if let Some(i) = installed.remove(&k) {
                         let (w, hpa, len) = key(&i.plan);
+                        if let Some(b) = i.stitched.clone() {
+                            let mut cache =
+                                self.stitch_cache.lock().unwrap_or_else(|e| e.into_inner());
+                            cache.push((i.plan.clone(), b));
+                            if cache.len() > STITCH_CACHE {
+                                cache.remove(0);
+                            }
+                        }
                         let why = if self.direct() {
                             "no longer decoded this way"
                         } else {
@@ -411,7 +444,7 @@ impl OverlayManager {
                         );
                     }
                 }
-                for (plan, regions, mappings) in added {
+                for (plan, regions, mappings, stitched) in added {
                     let (w, hpa, len) = key(&plan);
                     info!(
                         "window {w} [{hpa:#x}, {:#x}): MMIO -> RAM ({})",
@@ -424,6 +457,7 @@ impl OverlayManager {
                             plan,
                             regions,
                             mappings,
+                            stitched,
                         },
                     );
                 }
@@ -465,6 +499,13 @@ impl OverlayManager {
                 Ok((p, parts))
             }
             RangePlan::Interleaved { hpa, pieces, .. } => {
+                {
+                    let mut cache = self.stitch_cache.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(i) = cache.iter().position(|(c, _)| same(c, p)) {
+                        let (_, backing) = cache.remove(i);
+                        return Ok((p, vec![Part::Stitched { backing, at: *hpa }]));
+                    }
+                }
                 let mut src = Vec::with_capacity(pieces.len());
                 for &Piece { device, dpa, len } in pieces.iter() {
                     for (_r, b, off, n) in self.dpa_regions(device, dpa, len) {

@@ -25,7 +25,7 @@ fn build(topo: &str) -> (CxlPlatform, Arc<Mutex<AddressSpace>>) {
         aperture_size: 1 << 30,
     };
     let options = cxlvm_cxl::platform::OverlayOptions {
-        vma_budget: 1000,
+        vma_budget: 100_000,
         direct: true,
         fatal: Box::new(|e| panic!("{e}")),
     };
@@ -318,4 +318,78 @@ fn decoder_uncommit_and_device_reset_remove_the_direct_mapping() {
     ecam_write(&p, &space, 0x10, 0, bctl, &0u16.to_le_bytes());
     assert!(!is_ram_at(&space, base), "device reset unmaps");
     assert!(p.fabric.graph().devices[0].decoders.is_empty());
+}
+
+const TWO: &str = r#"
+[[host_bridge]]
+id = "hb0"
+root_ports = 2
+[[device]]
+id = "mem0"
+host_bridge = "hb0"
+root_port = 0
+volatile = "256M"
+[[device]]
+id = "mem1"
+host_bridge = "hb0"
+root_port = 1
+volatile = "256M"
+[[window]]
+id = "w0"
+size = "512M"
+targets = ["hb0"]
+granularity = "16K"
+"#;
+
+/// The backing the flat view maps at `addr`, if RAM.
+fn ram_backing_at(
+    space: &Arc<Mutex<AddressSpace>>,
+    addr: u64,
+) -> Option<Arc<cxlvm_memory::RamBacking>> {
+    match &space.lock().unwrap().view().lookup(addr)?.target {
+        cxlvm_memory::FlatTarget::Ram { backing, .. } => Some(backing.clone()),
+        cxlvm_memory::FlatTarget::Mmio { .. } => None,
+    }
+}
+
+#[test]
+fn recommitting_an_interleaved_region_reuses_its_stitched_mapping() {
+    let (p, space) = build(TWO);
+    let view = space.lock().unwrap().view_handle();
+    let w = &p.windows[0];
+    let wr = |addr: u64, v: u32| {
+        view.load().write(addr, &v.to_le_bytes());
+    };
+    let program = |d: u64, targets: u32| {
+        wr(d + 4, (w.base >> 32) as u32);
+        wr(d, w.base as u32);
+        wr(d + 0xc, (w.size >> 32) as u32);
+        wr(d + 8, w.size as u32);
+        wr(d + 0x14, targets);
+        // IG 16 KiB (6), IW 2 (1), Commit, host-only.
+        wr(d + 0x10, 6 | 1 << 4 | 1 << 9 | 1 << 12);
+    };
+    for (i, ep) in p.endpoints.iter().enumerate() {
+        let comp = ep.bar_address(0).unwrap();
+        wr(comp + 0x1204, 2);
+        let ctl = ep.with_config(|c| c.find_dvsec(0x1e98, 0).unwrap()) + 0x0c;
+        ecam_write(&p, &space, 0x11 + i as u8, 0, ctl, &6u16.to_le_bytes());
+        program(comp + 0x1210, 0);
+    }
+    let hb = p.host_bridges[0].chbcr + 0x1210;
+    // The HB decoder interleaves its 2 root ports at 16 KiB (the window itself is 1-way).
+    program(hb, 0x0100);
+    let first = ram_backing_at(&space, w.base).expect("interleaved region mapped");
+    assert!(first.is_stitched());
+    wr(hb + 0x10, 6 | 1 << 4 | 1 << 12); // uncommit
+    assert!(
+        ram_backing_at(&space, w.base).is_none(),
+        "unmapped after uncommit"
+    );
+    wr(hb + 0x10, 6 | 1 << 4 | 1 << 9 | 1 << 12); // recommit, same programming
+    let again = ram_backing_at(&space, w.base).expect("mapped again");
+    assert!(
+        Arc::ptr_eq(&first, &again),
+        "the stitched mapping was reused, not rebuilt"
+    );
 }

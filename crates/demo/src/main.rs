@@ -119,11 +119,9 @@ fn main() -> anyhow::Result<()> {
         "\n   {:<12} {:>12} {:>12} {:>8}",
         "op", "RAM MB/s", "CXL MB/s", "CXL/RAM"
     );
-    for (t, op, v) in &bw {
-        if t == "cxl" {
-            if let Some((_, _, r)) = bw.iter().find(|(t2, o2, _)| t2 == "ram" && o2 == op) {
-                println!("   {op:<12} {r:>12.0} {v:>12.0} {:>8.3}", v / r);
-            }
+    for (_, op, v) in bw.iter().filter(|(t, _, _)| t == "cxl") {
+        if let Some((_, _, r)) = bw.iter().find(|(t2, o2, _)| t2 == "ram" && o2 == op) {
+            println!("   {op:<12} {r:>12.0} {v:>12.0} {:>8.3}", v / r);
         }
     }
     println!("\n   window state at exit:");
