@@ -207,9 +207,6 @@ fn item(kind: &str, id: &str, problem: impl Into<String>) -> TopologyError {
     }
 }
 
-/// Interleave ways CXL can encode.
-pub const VALID_WAYS: [usize; 8] = [1, 2, 3, 4, 6, 8, 12, 16];
-
 fn fmt_size(b: u64) -> String {
     if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
         format!("{} GiB", b >> 30)
@@ -415,7 +412,11 @@ impl Topology {
             if w.targets.is_empty() {
                 return Err(win("has no targets".into()));
             }
-            if !VALID_WAYS.contains(&w.targets.len()) {
+            if u32::try_from(w.targets.len())
+                .ok()
+                .and_then(crate::interleave::Ways::from_count)
+                .is_none()
+            {
                 return Err(win(format!(
                     "{} targets: interleave ways must be 1, 2, 3, 4, 6, 8, 12 or 16",
                     w.targets.len()
@@ -431,7 +432,7 @@ impl Topology {
                 }
             }
             let g = w.granularity_bytes();
-            if !g.is_power_of_two() || !(256..=16384).contains(&g) {
+            if crate::interleave::Granularity::from_bytes(g).is_none() {
                 return Err(win(format!(
                     "granularity {g} must be a power of two from 256 B to 16 KiB"
                 )));
