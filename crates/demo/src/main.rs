@@ -1,4 +1,5 @@
-//! `cargo run --release -p cxlvm-demo`: two CXL Type-3 expanders behind one host bridge and one
+//! `cargo run --release -p cxlvm-demo`: two CXL Type-3 expanders (sized so that the interleaved
+//! region fits the default `vm.max_map_count`) behind one host bridge and one
 //! fixed memory window. A test guest (at CPL3, playing Linux's CXL drivers) enumerates them,
 //! probes their mailboxes, commits an interleaved region, and measures bandwidth through the
 //! window against ordinary RAM — first with cxlvm's direct mapping, then on the exact MMIO path
@@ -19,17 +20,17 @@ root_ports = 2
 id = "mem0"
 host_bridge = "hb0"
 root_port = 0
-volatile = "512M"
+volatile = "256M"
 
 [[device]]
 id = "mem1"
 host_bridge = "hb0"
 root_port = 1
-volatile = "512M"
+volatile = "256M"
 
 [[window]]
 id = "cfmw0"
-size = "1G"
+size = "512M"
 targets = ["hb0"]
 "#;
 
@@ -98,7 +99,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stdout)
         .init();
     println!(
-        "cxlvm demo: 2 x 512 MiB CXL Type-3 expanders, one host bridge, one 1 GiB window\n{TOPOLOGY}"
+        "cxlvm demo: 2 x 256 MiB CXL Type-3 expanders, one host bridge, one 512 MiB window\n{TOPOLOGY}"
     );
 
     println!(
