@@ -145,6 +145,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    // Release the first machine (and its stitched mapping) before booting the next.
+    drop(m);
     println!("\n== 3. The same region on the exact MMIO path (what a pure-MMIO window gives)");
     let (_, text) = boot("mode=bw mib=64 gran=16384 direct=0 mmio_kib=64")?;
     let bw = bandwidth(&text);
