@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cxlvm_devices::{PioBus, StopReason, Stopper};
 use cxlvm_kvm::{Vcpu, VcpuExit, install_kick_handler, kick_signal};
@@ -185,49 +185,40 @@ impl Machine {
         }
         {
             let mut g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
+            // Wait for an outcome; wake up for the timeout and, while a dump can be requested
+            // (SIGUSR1), every 100 ms to serve it.
+            let poll = self
+                .dump_request
+                .as_ref()
+                .map(|_| Duration::from_millis(100));
             while g.is_none() {
-                if let Some(flag) = &self.dump_request {
-                    if flag.swap(false, Ordering::Relaxed) {
-                        drop(g);
-                        eprint!("{}", self.memory_state());
-                        g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
-                        continue;
-                    }
-                    // Poll the dump request while waiting.
-                    let step = std::time::Duration::from_millis(100);
-                    let wait = self
-                        .timeout
-                        .map_or(step, |t| t.saturating_sub(t0.elapsed()).min(step));
-                    if self.timeout.is_some_and(|t| t0.elapsed() >= t) {
-                        drop(g);
-                        ctl.finish(Outcome::Timeout(self.timeout.unwrap_or_default()));
-                        g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
-                        continue;
-                    }
-                    g = ctl
-                        .changed
-                        .wait_timeout(g, wait)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                if self
+                    .dump_request
+                    .as_ref()
+                    .is_some_and(|f| f.swap(false, Ordering::Relaxed))
+                {
+                    drop(g);
+                    eprint!("{}", self.memory_state());
+                    g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
                     continue;
                 }
-                match self.timeout {
-                    Some(t) => {
-                        let left = t.saturating_sub(t0.elapsed());
-                        if left.is_zero() {
-                            drop(g);
-                            ctl.finish(Outcome::Timeout(t));
-                            g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
-                            continue;
-                        }
-                        g = ctl
-                            .changed
-                            .wait_timeout(g, left)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0;
-                    }
-                    None => g = ctl.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
+                let left = self.timeout.map(|t| t.saturating_sub(t0.elapsed()));
+                if left.is_some_and(|l| l.is_zero()) {
+                    drop(g);
+                    ctl.finish(Outcome::Timeout(self.timeout.unwrap_or_default()));
+                    g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
+                    continue;
                 }
+                g = match (left, poll) {
+                    (None, None) => ctl.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
+                    (l, p) => {
+                        let wait = l.into_iter().chain(p).min().unwrap_or_default();
+                        ctl.changed
+                            .wait_timeout(g, wait)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                };
             }
         }
         stop_all(&handles);
