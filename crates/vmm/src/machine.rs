@@ -239,7 +239,8 @@ impl Machine {
                 .map_err(|e| ConfigError::Topology(e.to_string()))?;
             mapped.extend(platform::planned_ranges(t, &CXL_LAYOUT));
         }
-        let pt_size = paging::size_for(&mapped).map_err(|e| VmmError::Device(e.to_string()))?;
+        let pt_plan = paging::Plan::new(&mapped).map_err(|e| VmmError::Device(e.to_string()))?;
+        let pt_size = pt_plan.size();
         let top = layout::top_of_ram(low_end, pt_size, cfg.vcpus, layout::STACK_SIZE);
         let fits = |t: &layout::TopOfRam| {
             image.start() >= layout::IMAGE_MIN && image.end() <= t.stacks_bottom
@@ -431,8 +432,7 @@ impl Machine {
         }
         ram.write(layout::BOOT_INFO, &bi)?;
         ram.write(layout::GDT, &cpu::gdt())?;
-        let pt =
-            paging::build(top.page_tables, &mapped).map_err(|e| VmmError::Device(e.to_string()))?;
+        let pt = pt_plan.build(top.page_tables);
         ram.write(top.page_tables, &pt.bytes)?;
         for s in &image.segments {
             let bytes = &file[s.file_offset as usize..(s.file_offset + s.file_size) as usize];

@@ -52,55 +52,87 @@ fn blocks(ranges: &[(u64, u64)]) -> Result<Vec<u64>, PagingError> {
     Ok(out)
 }
 
-/// Number of bytes of tables [`build`] will produce for `ranges`.
-pub fn size_for(ranges: &[(u64, u64)]) -> Result<u64, PagingError> {
-    let b = blocks(ranges)?;
-    let mut pdpts: Vec<u64> = b.iter().map(|a| a >> 39).collect();
-    pdpts.dedup();
-    let mut pds: Vec<u64> = b.iter().map(|a| a >> 30).collect();
-    pds.dedup();
-    Ok((1 + pdpts.len() as u64 + pds.len() as u64) * 4096)
+/// The 2 MiB blocks to map, worked out once; [`Plan::size`] tells how much room the tables need
+/// and [`Plan::build`] lays them out once their address is known.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    blocks: Vec<u64>,
+    tables: u64,
+}
+
+impl Plan {
+    /// Plans identity tables mapping every 2 MiB block touched by `ranges` (start, size).
+    pub fn new(ranges: &[(u64, u64)]) -> Result<Self, PagingError> {
+        let blocks = blocks(ranges)?;
+        // Blocks are sorted, so equal table indices are adjacent.
+        let distinct = |shift: u32| {
+            let mut n = 0u64;
+            let mut last = None;
+            for b in &blocks {
+                if last != Some(b >> shift) {
+                    n += 1;
+                    last = Some(b >> shift);
+                }
+            }
+            n
+        };
+        let tables = 1 + distinct(39) + distinct(30);
+        Ok(Self { blocks, tables })
+    }
+
+    /// Bytes of tables [`Plan::build`] produces.
+    pub fn size(&self) -> u64 {
+        self.tables * 4096
+    }
+
+    /// Builds the tables, user-accessible and writable large pages, to live at guest-physical
+    /// `base`.
+    pub fn build(&self, base: u64) -> PageTables {
+        let mut bytes = vec![0u8; self.size() as usize];
+        let mut next = 1usize;
+        let mut pdpt: Option<(u64, usize)> = None;
+        let mut pd: Option<(u64, usize)> = None;
+        let set = |bytes: &mut Vec<u8>, table: usize, idx: u64, val: u64| {
+            let at = table * 4096 + (idx as usize) * 8;
+            bytes[at..at + 8].copy_from_slice(&val.to_le_bytes());
+        };
+        for &addr in &self.blocks {
+            let (l4, l3, l2) = ((addr >> 39) & 511, (addr >> 30) & 511, (addr >> 21) & 511);
+            let pdpt_t = match pdpt {
+                Some((k, t)) if k == addr >> 39 => t,
+                _ => {
+                    let t = next;
+                    next += 1;
+                    set(&mut bytes, 0, l4, (base + t as u64 * 4096) | TABLE_FLAGS);
+                    pdpt = Some((addr >> 39, t));
+                    t
+                }
+            };
+            let pd_t = match pd {
+                Some((k, t)) if k == addr >> 30 => t,
+                _ => {
+                    let t = next;
+                    next += 1;
+                    set(
+                        &mut bytes,
+                        pdpt_t,
+                        l3,
+                        (base + t as u64 * 4096) | TABLE_FLAGS,
+                    );
+                    pd = Some((addr >> 30, t));
+                    t
+                }
+            };
+            set(&mut bytes, pd_t, l2, addr | TABLE_FLAGS | PAGE_SIZE_BIT);
+        }
+        PageTables { base, bytes }
+    }
 }
 
 /// Builds identity tables mapping every 2 MiB block touched by `ranges` (start, size) as a
 /// user-accessible, writable large page, to live at guest-physical `base`.
 pub fn build(base: u64, ranges: &[(u64, u64)]) -> Result<PageTables, PagingError> {
-    let b = blocks(ranges)?;
-    let mut bytes = vec![0u8; 4096];
-    // (level-index key) -> table page index in `bytes`
-    let mut pdpt_of: Vec<(u64, usize)> = Vec::new();
-    let mut pd_of: Vec<(u64, usize)> = Vec::new();
-    let set = |bytes: &mut Vec<u8>, table: usize, idx: u64, val: u64| {
-        let at = table * 4096 + (idx as usize) * 8;
-        bytes[at..at + 8].copy_from_slice(&val.to_le_bytes());
-    };
-    let new_table = |bytes: &mut Vec<u8>| {
-        bytes.resize(bytes.len() + 4096, 0);
-        bytes.len() / 4096 - 1
-    };
-    for addr in b {
-        let (l4, l3, l2) = ((addr >> 39) & 511, (addr >> 30) & 511, (addr >> 21) & 511);
-        let pdpt = match pdpt_of.iter().find(|(k, _)| *k == addr >> 39) {
-            Some(&(_, t)) => t,
-            None => {
-                let t = new_table(&mut bytes);
-                pdpt_of.push((addr >> 39, t));
-                set(&mut bytes, 0, l4, (base + t as u64 * 4096) | TABLE_FLAGS);
-                t
-            }
-        };
-        let pd = match pd_of.iter().rev().find(|(k, _)| *k == addr >> 30) {
-            Some(&(_, t)) => t,
-            None => {
-                let t = new_table(&mut bytes);
-                pd_of.push((addr >> 30, t));
-                set(&mut bytes, pdpt, l3, (base + t as u64 * 4096) | TABLE_FLAGS);
-                t
-            }
-        };
-        set(&mut bytes, pd, l2, addr | TABLE_FLAGS | PAGE_SIZE_BIT);
-    }
-    Ok(PageTables { base, bytes })
+    Ok(Plan::new(ranges)?.build(base))
 }
 
 #[cfg(test)]
@@ -142,7 +174,7 @@ mod tests {
             (0xD000_0000, 0x1000),
         ];
         let t = build(0x80_0000, &ranges).unwrap();
-        assert_eq!(t.bytes.len() as u64, size_for(&ranges).unwrap());
+        assert_eq!(t.bytes.len() as u64, Plan::new(&ranges).unwrap().size());
         for va in [
             0u64,
             0x1234_5678 & ((64 << 20) - 1),
