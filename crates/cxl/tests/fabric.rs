@@ -2,11 +2,13 @@
 //! MMIO the way Linux does, then check that every HPA reaches the device and DPA an independent
 //! formula says, through both the decode graph and the window dispatcher.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{caps, commit, hdm_base, rd32, target_list, uncommit, wr32};
 use cxlvm_cxl::fabric::{ComponentId, ComponentMmio, Fabric, FabricSpec};
 use cxlvm_cxl::graph::{Miss, Target, WindowNode};
-use cxlvm_cxl::hdm::HdmCaps;
 use cxlvm_cxl::interleave::{Granularity, Ways};
 use cxlvm_cxl::topology::Arithmetic;
 use cxlvm_cxl::window::{DeviceMemory, WindowDispatcher};
@@ -14,17 +16,6 @@ use cxlvm_memory::{MmioHandler, RamBacking};
 
 const GIB: u64 = 1 << 30;
 const WBASE: u64 = 1 << 40;
-
-fn caps(port: bool, targets: u8) -> HdmCaps {
-    HdmCaps {
-        decoders: 4,
-        target_count: if port { targets } else { 0 },
-        a11to8: true,
-        a14to12: true,
-        ways_3_6_12: !port,
-        ways_16: !port,
-    }
-}
 
 /// `hbs[i]` root ports each; one 1 GiB device per root port; one window over all host bridges.
 struct Rig {
@@ -81,46 +72,6 @@ fn rig(hbs: &[u8], passthrough: bool, window_gran: u64) -> Rig {
     }
 }
 
-fn rd32(m: &ComponentMmio, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    m.read(off, &mut b);
-    u32::from_le_bytes(b)
-}
-fn wr32(m: &ComponentMmio, off: u64, v: u32) {
-    m.write(off, &v.to_le_bytes());
-}
-
-/// Finds the HDM block like Linux's cxl_probe_component_regs.
-fn hdm_base(m: &ComponentMmio) -> Option<u64> {
-    let hdr = rd32(m, 0x1000);
-    assert_eq!(hdr & 0xffff, 1, "CXL.cache/mem capability array header");
-    let n = hdr >> 24;
-    (1..=n).find_map(|i| {
-        let h = rd32(m, 0x1000 + 4 * u64::from(i));
-        (h & 0xffff == 5).then(|| 0x1000 + u64::from(h >> 20))
-    })
-}
-
-/// Programs and commits decoder 0 like Linux's cxl_decoder_commit; returns Committed.
-fn commit(m: &ComponentMmio, base: u64, size: u64, ways: u32, gran: u64, tl: &[u8]) -> bool {
-    let h = hdm_base(m).expect("HDM capability");
-    let d = h + 0x10;
-    wr32(m, d + 4, (base >> 32) as u32);
-    wr32(m, d, base as u32);
-    wr32(m, d + 0xc, (size >> 32) as u32);
-    wr32(m, d + 8, size as u32);
-    let mut t = [0u8; 8];
-    t[..tl.len()].copy_from_slice(tl);
-    wr32(m, d + 0x18, u32::from_le_bytes(t[4..].try_into().unwrap()));
-    wr32(m, d + 0x14, u32::from_le_bytes(t[..4].try_into().unwrap()));
-    let iw = u32::from(Ways::from_count(ways).unwrap().enc());
-    let ig = u32::from(Granularity::from_bytes(gran).unwrap().enc());
-    wr32(m, d + 0x10, ig | iw << 4 | 1 << 9 | 1 << 12);
-    let ctl = rd32(m, d + 0x10);
-    assert!(ctl & (3 << 10) != 0, "commit completes synchronously");
-    ctl & (1 << 10) != 0
-}
-
 impl Rig {
     fn mmio(&self, id: ComponentId) -> ComponentMmio {
         ComponentMmio::new(self.fabric.clone(), id)
@@ -150,7 +101,7 @@ impl Rig {
                 .set_pci_mem(ComponentId::RootPort { hb: h, port: p }, true);
             self.fabric.set_mem_enable(d, true);
             assert!(
-                commit(&m, WBASE, size, w, gran, &[]),
+                commit(&m, 0, WBASE, size, w, gran, 0),
                 "endpoint {d} commits"
             );
         }
@@ -171,7 +122,15 @@ impl Rig {
                 gran
             };
             assert!(
-                commit(&m, WBASE, size, ports.len() as u32, hb_gran, &ports),
+                commit(
+                    &m,
+                    0,
+                    WBASE,
+                    size,
+                    ports.len() as u32,
+                    hb_gran,
+                    target_list(&ports)
+                ),
                 "HB {h} commits"
             );
         }
@@ -320,9 +279,8 @@ fn disabling_memory_or_uncommitting_stops_decoding() {
         .set_pci_mem(ComponentId::RootPort { hb: 0, port: 0 }, true);
     // Uncommit the HB decoder (clear Commit).
     let m = r.mmio(ComponentId::HostBridge(0));
+    uncommit(&m, 0);
     let d = hdm_base(&m).unwrap() + 0x10;
-    let ctl = rd32(&m, d + 0x10);
-    wr32(&m, d + 0x10, ctl & !(1 << 9));
     assert_eq!(rd32(&m, d + 0x10) & (1 << 10), 0, "Committed cleared");
     assert_eq!(
         r.fabric.graph().route(WBASE),
@@ -338,10 +296,18 @@ fn decoders_outside_the_window_or_naming_missing_ports_are_refused() {
     let r = rig(&[2], false, 4096);
     let ep = r.mmio(ComponentId::Device(0));
     // Endpoint range outside every window reachable from its host bridge.
-    assert!(!commit(&ep, WBASE + 4 * GIB, GIB, 1, 4096, &[]));
+    assert!(!commit(&ep, 0, WBASE + 4 * GIB, GIB, 1, 4096, 0));
     let hb = r.mmio(ComponentId::HostBridge(0));
     // Target port 7 does not exist.
-    assert!(!commit(&hb, WBASE, 2 * GIB, 2, 4096, &[0, 7]));
+    assert!(!commit(
+        &hb,
+        0,
+        WBASE,
+        2 * GIB,
+        2,
+        4096,
+        target_list(&[0, 7])
+    ));
     // Device capacity: 1 GiB per device; a 1-way 2 GiB decoder needs 2 GiB of DPA.
-    assert!(!commit(&ep, WBASE, 2 * GIB, 1, 4096, &[]));
+    assert!(!commit(&ep, 0, WBASE, 2 * GIB, 1, 4096, 0));
 }

@@ -7,17 +7,19 @@
 //! ends and every piece's first and last byte, goes where the plan says) and completeness (every
 //! claimed HPA sampled across the windows is covered, no unclaimed one is mapped).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
+use common::{caps, commit, hdm_base, uncommit, wr32};
 use cxlvm_cxl::fabric::{ComponentId, ComponentMmio, Fabric, FabricSpec};
 use cxlvm_cxl::graph::{DecodeGraph, DeviceNode, HostBridgeNode, PortNode, Target, WindowNode};
-use cxlvm_cxl::hdm::{CommittedDecoder, HdmCaps};
+use cxlvm_cxl::hdm::CommittedDecoder;
 use cxlvm_cxl::interleave::{Granularity, Ways};
 use cxlvm_cxl::planner::{PAGE_SIZE, Piece, RangePlan, plan};
 use cxlvm_cxl::platform::xormaps;
 use cxlvm_cxl::topology::Arithmetic;
-use cxlvm_memory::MmioHandler;
 use proptest::prelude::*;
 
 const MIB: u64 = 1 << 20;
@@ -29,17 +31,6 @@ const NO_LIMIT: u64 = u64::MAX;
 // ---------------------------------------------------------------------------------------------
 // Fabric rig (after tests/fabric.rs)
 // ---------------------------------------------------------------------------------------------
-
-fn caps(port: bool, targets: u8) -> HdmCaps {
-    HdmCaps {
-        decoders: 4,
-        target_count: if port { targets } else { 0 },
-        a11to8: true,
-        a14to12: true,
-        ways_3_6_12: !port,
-        ways_16: !port,
-    }
-}
 
 fn window(base: u64, size: u64, targets: Vec<usize>, gran: u64, arith: Arithmetic) -> WindowNode {
     let ways = Ways::from_count(targets.len() as u32).unwrap();
@@ -106,53 +97,6 @@ fn simple_rig(hbs: &[u8], passthrough: bool, window_gran: u64, cap: u64) -> Rig 
     );
     let hbs: Vec<(bool, u8)> = hbs.iter().map(|&n| (passthrough, n)).collect();
     rig(vec![w], &hbs, cap)
-}
-
-fn rd32(m: &ComponentMmio, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    m.read(off, &mut b);
-    u32::from_le_bytes(b)
-}
-fn wr32(m: &ComponentMmio, off: u64, v: u32) {
-    m.write(off, &v.to_le_bytes());
-}
-
-/// Finds the HDM block like Linux's cxl_probe_component_regs.
-fn hdm_base(m: &ComponentMmio) -> Option<u64> {
-    let hdr = rd32(m, 0x1000);
-    assert_eq!(hdr & 0xffff, 1, "CXL.cache/mem capability array header");
-    let n = hdr >> 24;
-    (1..=n).find_map(|i| {
-        let h = rd32(m, 0x1000 + 4 * u64::from(i));
-        (h & 0xffff == 5).then(|| 0x1000 + u64::from(h >> 20))
-    })
-}
-
-/// Programs and commits decoder `n` like Linux's cxl_decoder_commit (`tl`: the target list
-/// bytes of a port, the DPA skip of an endpoint); returns Committed.
-fn commit(m: &ComponentMmio, n: u64, base: u64, size: u64, ways: u32, gran: u64, tl: u64) -> bool {
-    let (Some(ways), Some(gran)) = (Ways::from_count(ways), Granularity::from_bytes(gran)) else {
-        return false;
-    };
-    let d = hdm_base(m).expect("HDM capability") + 0x10 + 0x20 * n;
-    wr32(m, d + 4, (base >> 32) as u32);
-    wr32(m, d, base as u32);
-    wr32(m, d + 0xc, (size >> 32) as u32);
-    wr32(m, d + 8, size as u32);
-    wr32(m, d + 0x18, (tl >> 32) as u32);
-    wr32(m, d + 0x14, tl as u32);
-    let ctl = u32::from(gran.enc()) | u32::from(ways.enc()) << 4 | 1 << 9 | 1 << 12;
-    wr32(m, d + 0x10, ctl);
-    let ctl = rd32(m, d + 0x10);
-    assert!(ctl & (3 << 10) != 0, "commit completes synchronously");
-    ctl & (1 << 10) != 0
-}
-
-/// Uncommits decoder `n` (clears Commit).
-fn uncommit(m: &ComponentMmio, n: u64) {
-    let d = hdm_base(m).unwrap() + 0x10 + 0x20 * n;
-    let ctl = rd32(m, d + 0x10);
-    wr32(m, d + 0x10, ctl & !(1 << 9));
 }
 
 impl Rig {

@@ -9,8 +9,6 @@ use common::{boot, config};
 use cxlvm_cxl::topology::Topology;
 use cxlvm_vmm::Outcome;
 
-const VERIFY_TAG: u64 = 0xC710_0000_0000_0000;
-
 fn toml(hbs: &[u8], gran: u64) -> Topology {
     let mut s = String::new();
     let mut n = 0;
@@ -77,18 +75,7 @@ fn region(topo: Topology, hbs: &[u8], gran: u64, extra: &str) {
         let chunk = off / gran;
         let dev = order[(chunk % ways) as usize];
         let dpa = (chunk / ways) * gran + off % gran;
-        let mut b = [0u8; 8];
-        cxl.memories[dev]
-            .volatile
-            .as_ref()
-            .unwrap()
-            .read(dpa, &mut b)
-            .unwrap();
-        assert_eq!(
-            u64::from_le_bytes(b),
-            VERIFY_TAG | hpa,
-            "HPA {hpa:#x} must be in mem{dev} at DPA {dpa:#x}"
-        );
+        common::assert_verify_word(cxl, dev, dpa, hpa);
         expected_per_device[dev] += 1;
     }
     // Nothing else reached any device (the precheck's writes before commit included).
@@ -288,18 +275,7 @@ fn xor_window_selects_host_bridges_by_parity() {
         let off = hpa - base;
         differs_from_modulo += usize::from(dev != ((off >> 12) & 1) as usize);
         let dpa = ((off >> 13) << 12) | (off & (gran - 1));
-        let mut b = [0u8; 8];
-        cxl.memories[dev]
-            .volatile
-            .as_ref()
-            .unwrap()
-            .read(dpa, &mut b)
-            .unwrap();
-        assert_eq!(
-            u64::from_le_bytes(b),
-            VERIFY_TAG | hpa,
-            "HPA {hpa:#x} in mem{dev} at DPA {dpa:#x}"
-        );
+        common::assert_verify_word(cxl, dev, dpa, hpa);
     }
     assert!(
         differs_from_modulo > 100,

@@ -5,11 +5,9 @@
 
 mod common;
 
-use common::{boot, config};
+use common::{VERIFY_TAG, boot, config};
 use cxlvm_cxl::topology::Topology;
 use cxlvm_vmm::Outcome;
-
-const VERIFY_TAG: u64 = 0xC710_0000_0000_0000;
 
 fn run(topo: Topology, cmdline: &str, vcpus: u32) -> (cxlvm_vmm::Machine, String) {
     let (mut cfg, cap) = config("cxl", cmdline);
@@ -133,19 +131,7 @@ fn interleaved(devices: u8, gran: u64) {
         let chunk = off / gran;
         let dev = (chunk % ways) as usize;
         let dpa = (chunk / ways) * gran + off % gran;
-        let mut b = [0u8; 8];
-        cxl.memories[dev]
-            .volatile
-            .as_ref()
-            .unwrap()
-            .read(dpa, &mut b)
-            .unwrap();
-        assert_eq!(
-            u64::from_le_bytes(b),
-            VERIFY_TAG | (base + off),
-            "HPA {:#x} in mem{dev} DPA {dpa:#x}",
-            base + off
-        );
+        common::assert_verify_word(cxl, dev, dpa, base + off);
     }
 }
 
