@@ -43,6 +43,50 @@ pub(crate) struct WriteEffects {
     pub(crate) sbr_asserted: bool,
 }
 
+/// What every function builder collects before sealing: name, configuration space, BARs,
+/// hooks and the address space of the BAR regions.
+pub(crate) struct BuilderParts {
+    pub(crate) name: String,
+    pub(crate) config: ConfigSpace,
+    pub(crate) bars: Vec<(usize, BarSpec)>,
+    pub(crate) hooks: Option<Arc<dyn ConfigHooks>>,
+    pub(crate) space: Option<Arc<Mutex<AddressSpace>>>,
+}
+
+impl std::fmt::Debug for BuilderParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuilderParts")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("bars", &self.bars)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BuilderParts {
+    pub(crate) fn new(name: &str, config: ConfigSpace) -> Self {
+        Self {
+            name: name.to_owned(),
+            config,
+            bars: Vec::new(),
+            hooks: None,
+            space: None,
+        }
+    }
+
+    /// Seals the configuration space with the BARs laid out in `max_bars` BAR registers.
+    pub(crate) fn into_core(self, max_bars: usize) -> Result<FunctionCore, PciError> {
+        FunctionCore::new(
+            self.name,
+            self.config,
+            &self.bars,
+            max_bars,
+            self.space,
+            self.hooks,
+        )
+    }
+}
+
 impl FunctionCore {
     /// Seals `cfg` with `bars` laid out in its `max_bars` BAR registers.
     pub(crate) fn new(

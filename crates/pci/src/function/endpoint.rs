@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use cxlvm_memory::AddressSpace;
 
-use super::common::FunctionCore;
+use super::common::{BuilderParts, FunctionCore};
 use super::{ConfigHooks, PciFunction};
 use crate::PciError;
 use crate::bar::BarSpec;
@@ -15,22 +15,9 @@ use crate::regs::HEADER_TYPE_NORMAL;
 pub const ENDPOINT_BARS: usize = 6;
 
 /// Builds an [`Endpoint`]. See the [module documentation](super) for the flow.
+#[derive(Debug)]
 pub struct EndpointBuilder {
-    name: String,
-    config: ConfigSpace,
-    bars: Vec<(usize, BarSpec)>,
-    hooks: Option<Arc<dyn ConfigHooks>>,
-    space: Option<Arc<Mutex<AddressSpace>>>,
-}
-
-impl std::fmt::Debug for EndpointBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EndpointBuilder")
-            .field("name", &self.name)
-            .field("config", &self.config)
-            .field("bars", &self.bars)
-            .finish_non_exhaustive()
-    }
+    parts: BuilderParts,
 }
 
 impl EndpointBuilder {
@@ -38,56 +25,45 @@ impl EndpointBuilder {
     /// [`ConfigSpace::new_type0`]) and may already hold capabilities and DVSECs.
     pub fn new(name: &str, config: ConfigSpace) -> Self {
         Self {
-            name: name.to_owned(),
-            config,
-            bars: Vec::new(),
-            hooks: None,
-            space: None,
+            parts: BuilderParts::new(name, config),
         }
     }
 
     /// The configuration space, to add capabilities before [`EndpointBuilder::build`].
     pub fn config_mut(&mut self) -> &mut ConfigSpace {
-        &mut self.config
+        &mut self.parts.config
     }
 
     /// Declares memory BAR `index` (0..6; a 64-bit BAR also uses `index + 1`).
     pub fn bar(mut self, index: usize, spec: BarSpec) -> Self {
-        self.bars.push((index, spec));
+        self.parts.bars.push((index, spec));
         self
     }
 
     /// Device-model callbacks.
     pub fn hooks(mut self, hooks: Arc<dyn ConfigHooks>) -> Self {
-        self.hooks = Some(hooks);
+        self.parts.hooks = Some(hooks);
         self
     }
 
     /// The address space the BAR regions live in (required when there are BARs).
     pub fn address_space(mut self, space: Arc<Mutex<AddressSpace>>) -> Self {
-        self.space = Some(space);
+        self.parts.space = Some(space);
         self
     }
 
     /// Checks the BARs (index, size, region unplaced and not larger than the BAR; the address
     /// space is locked briefly), lays them out in the configuration space and seals it.
     pub fn build(self) -> Result<Arc<Endpoint>, PciError> {
-        let found = self.config.header_layout();
+        let found = self.parts.config.header_layout();
         if found != HEADER_TYPE_NORMAL {
             return Err(PciError::WrongHeaderType {
-                name: self.name,
+                name: self.parts.name,
                 found,
                 expected: HEADER_TYPE_NORMAL,
             });
         }
-        let core = FunctionCore::new(
-            self.name,
-            self.config,
-            &self.bars,
-            ENDPOINT_BARS,
-            self.space,
-            self.hooks,
-        )?;
+        let core = self.parts.into_core(ENDPOINT_BARS)?;
         Ok(Arc::new(Endpoint { core }))
     }
 }

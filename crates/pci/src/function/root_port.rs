@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use cxlvm_memory::AddressSpace;
 
-use super::common::{FunctionCore, lock};
+use super::common::{BuilderParts, FunctionCore, lock};
 use super::{ConfigHooks, PciBridge, PciFunction};
 use crate::PciError;
 use crate::bar::BarSpec;
@@ -19,26 +19,12 @@ pub const ROOT_PORT_BARS: usize = 2;
 pub const ROOT_PORT_CHILDREN: usize = 8;
 
 /// Builds a [`RootPort`]. See the [module documentation](super) for the flow.
+#[derive(Debug)]
 pub struct RootPortBuilder {
-    name: String,
+    parts: BuilderParts,
     port_number: u8,
-    config: ConfigSpace,
     /// An error from laying out the header, reported by `build`.
     error: Option<PciError>,
-    bars: Vec<(usize, BarSpec)>,
-    hooks: Option<Arc<dyn ConfigHooks>>,
-    space: Option<Arc<Mutex<AddressSpace>>>,
-}
-
-impl std::fmt::Debug for RootPortBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RootPortBuilder")
-            .field("name", &self.name)
-            .field("port_number", &self.port_number)
-            .field("config", &self.config)
-            .field("bars", &self.bars)
-            .finish_non_exhaustive()
-    }
 }
 
 impl RootPortBuilder {
@@ -52,36 +38,32 @@ impl RootPortBuilder {
             .add_pcie_capability(PciePortType::RootPort, port_number)
             .err();
         Self {
-            name: name.to_owned(),
+            parts: BuilderParts::new(name, config),
             port_number,
-            config,
             error,
-            bars: Vec::new(),
-            hooks: None,
-            space: None,
         }
     }
 
     /// The configuration space, to add capabilities before [`RootPortBuilder::build`].
     pub fn config_mut(&mut self) -> &mut ConfigSpace {
-        &mut self.config
+        &mut self.parts.config
     }
 
     /// Declares memory BAR `index` (0 or 1; a 64-bit BAR must be BAR0 and uses both).
     pub fn bar(mut self, index: usize, spec: BarSpec) -> Self {
-        self.bars.push((index, spec));
+        self.parts.bars.push((index, spec));
         self
     }
 
     /// Device-model callbacks.
     pub fn hooks(mut self, hooks: Arc<dyn ConfigHooks>) -> Self {
-        self.hooks = Some(hooks);
+        self.parts.hooks = Some(hooks);
         self
     }
 
     /// The address space the BAR regions live in (required when there are BARs).
     pub fn address_space(mut self, space: Arc<Mutex<AddressSpace>>) -> Self {
-        self.space = Some(space);
+        self.parts.space = Some(space);
         self
     }
 
@@ -90,14 +72,7 @@ impl RootPortBuilder {
         if let Some(err) = self.error {
             return Err(err);
         }
-        let core = FunctionCore::new(
-            self.name,
-            self.config,
-            &self.bars,
-            ROOT_PORT_BARS,
-            self.space,
-            self.hooks,
-        )?;
+        let core = self.parts.into_core(ROOT_PORT_BARS)?;
         Ok(Arc::new(RootPort {
             core,
             port_number: self.port_number,
