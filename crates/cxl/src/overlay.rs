@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 
@@ -54,7 +54,8 @@ const STITCH_CACHE: usize = 4;
 
 /// Manages the overlays of all windows.
 pub struct OverlayManager {
-    space: Arc<Mutex<AddressSpace>>,
+    /// Weak: the address space owns the regions whose handlers lead back here.
+    space: Weak<Mutex<AddressSpace>>,
     /// (container, base) per window.
     windows: Vec<(RegionId, u64)>,
     /// Unplaced RAM regions over each device's (volatile, persistent) backing.
@@ -150,7 +151,7 @@ impl OverlayManager {
         fatal: Box<dyn Fn(String) + Send + Sync>,
     ) -> Self {
         Self {
-            space,
+            space: Arc::downgrade(&space),
             windows,
             device_ram,
             memories,
@@ -357,7 +358,10 @@ impl OverlayManager {
                 }
             }
         }
-        let mut space = self.space.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(space) = self.space.upgrade() else {
+            return; // the machine is gone
+        };
+        let mut space = space.lock().unwrap_or_else(|e| e.into_inner());
         let mut tx = space.begin();
         let mut ok = true;
         let mut removed = Vec::new();

@@ -9,7 +9,7 @@
 //! back. Both paths reach the same backing bytes, so switching never copies or loses data.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use cxlvm_memory::{AddressSpace, BackingError, BackingMmio, MemoryError, RamBacking, RegionId};
 use tracing::info;
@@ -29,7 +29,8 @@ pub enum WindowError {
 
 /// A window of `size` bytes at `base` switching between MMIO and a RAM alias.
 pub struct ScratchWindow {
-    space: Arc<Mutex<AddressSpace>>,
+    /// Weak: the address space reaches this device (port-I/O window), so it must not own it.
+    space: Weak<Mutex<AddressSpace>>,
     alias: RegionId,
     base: u64,
     size: u64,
@@ -68,7 +69,7 @@ impl ScratchWindow {
             base + size
         );
         Ok(Arc::new(Self {
-            space: space.clone(),
+            space: Arc::downgrade(space),
             alias,
             base,
             size,
@@ -82,7 +83,10 @@ impl ScratchWindow {
 
     /// Turns the RAM alias on or off. Returns once the new mapping is in place.
     pub fn set_alias(&self, on: bool) -> Result<(), MemoryError> {
-        let mut space = self.space.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(space) = self.space.upgrade() else {
+            return Ok(()); // the machine is gone
+        };
+        let mut space = space.lock().unwrap_or_else(|e| e.into_inner());
         if self.alias_on.load(Ordering::Relaxed) == on {
             return Ok(());
         }

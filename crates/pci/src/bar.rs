@@ -26,7 +26,7 @@
 //! Bridge windows are not enforced: a BAR decodes at its programmed address whether or not the
 //! upstream bridges' windows cover it.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use cxlvm_memory::{AddressSpace, MemoryError, RegionId};
 use tracing::{debug, info, warn};
@@ -170,9 +170,12 @@ impl BarSlot {
 }
 
 /// The BARs of one function and the address space their regions live in.
+///
+/// The address space is held weakly: it owns the regions that reach this function (ECAM, BAR
+/// handlers), so a strong reference would keep both alive forever.
 pub(crate) struct BarSet {
     slots: Vec<BarSlot>,
-    space: Option<Arc<Mutex<AddressSpace>>>,
+    space: Option<Weak<Mutex<AddressSpace>>>,
 }
 
 impl std::fmt::Debug for BarSet {
@@ -260,7 +263,10 @@ impl BarSet {
             }
         }
         slots.sort_by_key(|s| s.index);
-        Ok(Self { slots, space })
+        Ok(Self {
+            slots,
+            space: space.as_ref().map(Arc::downgrade),
+        })
     }
 
     /// Lays the BARs out in `cfg`: clears all `max_slots` BAR registers (value and masks), then
@@ -350,7 +356,8 @@ impl BarSet {
     /// Moves slot `i`'s region to its target in one transaction. Returns whether the mapping
     /// changed.
     fn apply(&mut self, i: usize, owner: &str, retry: bool) -> bool {
-        let Some(space) = &self.space else {
+        // Gone with its machine: nothing left to place BARs in.
+        let Some(space) = self.space.as_ref().and_then(Weak::upgrade) else {
             return false;
         };
         let Some(slot) = self.slots.get_mut(i) else {
@@ -361,7 +368,7 @@ impl BarSet {
         }
         let before = slot.mapped;
         let (index, size, region) = (slot.index, slot.spec.size, slot.spec.region);
-        let mut space = lock(space);
+        let mut space = lock(&space);
         match place(&mut space, region, slot.target) {
             Ok(()) => match slot.target {
                 Some(a) => info!(

@@ -190,16 +190,6 @@ fn serial_writer(out: SerialOut) -> Result<Box<dyn std::io::Write + Send>, Confi
     })
 }
 
-impl Drop for Machine {
-    fn drop(&mut self) {
-        // Regions hold device handlers that hold the address space (PCI BARs, the CXL overlay
-        // manager): replacing the space's contents breaks those cycles so that everything the
-        // machine built (backings, stitched mappings, memfds) is released with it.
-        let mut sp = self.space.lock().unwrap_or_else(|e| e.into_inner());
-        *sp = AddressSpace::new("released", 1 << 12);
-    }
-}
-
 impl Machine {
     /// Checks `cfg`, then creates the VM with everything in place. Input errors come before any
     /// KVM work, so a bad command line starts nothing.

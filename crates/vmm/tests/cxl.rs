@@ -289,7 +289,10 @@ fn dropping_a_machine_releases_its_cxl_platform() {
     let mut cfg = cxlvm_vmm::MachineConfig::new(cxlvm_test_guests::path("hello"));
     cfg.cxl = Some(Topology::simple(2, 256 << 20, 4096, false));
     cfg.serial = cxlvm_vmm::SerialOut::Null;
+    cfg.scratch_window = Some(2 << 20);
     let m = cxlvm_vmm::Machine::build(cfg).unwrap();
+    let space = std::sync::Arc::downgrade(m.space());
+    let scratch = std::sync::Arc::downgrade(m.scratch().unwrap());
     let fabric = std::sync::Arc::downgrade(&m.cxl().unwrap().fabric);
     let backing =
         std::sync::Arc::downgrade(m.cxl().unwrap().memories[0].volatile.as_ref().unwrap());
@@ -306,5 +309,13 @@ fn dropping_a_machine_releases_its_cxl_platform() {
     assert!(
         backing.upgrade().is_none(),
         "device memory outlived its machine"
+    );
+    assert!(
+        space.upgrade().is_none(),
+        "the address space outlived its machine"
+    );
+    assert!(
+        scratch.upgrade().is_none(),
+        "the scratch window outlived its machine"
     );
 }
