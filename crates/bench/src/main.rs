@@ -166,6 +166,90 @@ struct Results {
     stitch_build_ms: BTreeMap<String, Stat>,
     startup: BTreeMap<String, Stat>,
     xsavec_avx: BTreeMap<String, serde_json::Value>,
+    /// Cases that did not run (or did not finish), with why; every other case ran.
+    not_run: BTreeMap<String, NotRun>,
+}
+
+/// Why a benchmark case has no figures.
+#[derive(Serialize, Debug)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum NotRun {
+    /// Checked before starting: the case needs more host mappings (VMAs) than this process may
+    /// still create, so its range would stay on the MMIO path and measure the wrong thing.
+    Skipped {
+        /// Host mappings the case needs.
+        needed: u64,
+        /// Host mappings left (vm.max_map_count minus those in use minus a margin).
+        room: u64,
+        /// The vm.max_map_count that would let it run.
+        max_map_count_needed: u64,
+    },
+    /// It started and failed; the error as printed.
+    Failed {
+        /// The error.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for NotRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotRun::Skipped {
+                needed,
+                room,
+                max_map_count_needed,
+            } => write!(
+                f,
+                "skipped: needs {needed} host mappings, {room} left under vm.max_map_count (sysctl -w vm.max_map_count={max_map_count_needed} runs it)"
+            ),
+            NotRun::Failed { error } => write!(f, "failed: {error}"),
+        }
+    }
+}
+
+/// Mappings kept free for everything else in the process (as the VMM's default budget does).
+const VMA_MARGIN: u64 = 4096;
+
+/// Host mappings this process may still create, if the kernel says.
+fn vma_room() -> Option<(u64, u64)> {
+    let limit = cxlvm_stitch::vma_limit()?;
+    let used = cxlvm_stitch::vmas_in_use()?;
+    Some((limit.saturating_sub(used).saturating_sub(VMA_MARGIN), limit))
+}
+
+/// Runs one case unless it needs more host mappings than are left; a case that cannot run or
+/// fails is recorded in `res.not_run` (and said on stderr) and the benchmark goes on.
+fn case(
+    res: &mut Results,
+    name: &str,
+    mappings: u64,
+    f: impl FnOnce(&mut Results) -> anyhow::Result<()>,
+) {
+    if let Some((room, limit)) = vma_room()
+        && mappings > room
+    {
+        let why = NotRun::Skipped {
+            needed: mappings,
+            room,
+            max_map_count_needed: limit + (mappings - room),
+        };
+        eprintln!("bench: {name}: {why}");
+        res.not_run.insert(name.to_owned(), why);
+        return;
+    }
+    eprintln!("bench: {name}");
+    if let Err(e) = f(res) {
+        let why = NotRun::Failed {
+            error: format!("{e:#}"),
+        };
+        eprintln!("bench: {name}: {why}");
+        res.not_run.insert(name.to_owned(), why);
+    }
+}
+
+/// Host mappings a region of `size` bytes over `devices` devices at `gran` costs.
+fn region_mappings(devices: u8, gran: u64, size: u64) -> u64 {
+    if devices <= 1 { 1 } else { size / gran }
 }
 
 fn machine() -> String {
@@ -233,6 +317,81 @@ fn main() -> anyhow::Result<()> {
 
     // 1. Bandwidth, window vs RAM, same guest, same run.
     for (name, devices, gran, size) in bw_configs(args.quick) {
+        let label = format!("bandwidth {name}");
+        case(
+            &mut res,
+            &label,
+            region_mappings(devices, gran, size),
+            |res| bandwidth(res, name, devices, gran, size, runs, mib, mem),
+        );
+    }
+    // 2. MMIO path cost vs the exit floor.
+    case(&mut res, "MMIO path", 1, |res| {
+        mmio_path(res, args.quick, runs)
+    });
+    // 3. Remap latency.
+    for (name, devices, gran, size) in [
+        ("1-way", 1u8, 4096u64, 256 * MIB),
+        ("2-way 16K", 2, 16384, 512 * MIB),
+    ] {
+        let label = format!("remap {name}");
+        case(
+            &mut res,
+            &label,
+            region_mappings(devices, gran, size),
+            |res| remap(res, name, devices, gran, size, runs, args.quick),
+        );
+    }
+    // 4. Build cost of a stitched interleave map (host side).
+    for (name, size, gran) in [
+        ("256 MiB @ 4 KiB", 256 * MIB, 4096u64),
+        ("1 GiB @ 16 KiB", 1024 * MIB, 16384),
+    ] {
+        let size = if args.quick { size / 16 } else { size };
+        let label = format!("stitch build {name}");
+        case(&mut res, &label, size / gran, |res| {
+            stitch_build(res, name, size, gran, runs)
+        });
+    }
+    // 5. Start-up and footprint, each in a fresh process.
+    case(&mut res, "start-up and footprint", 1, |res| {
+        startup(res, runs)
+    });
+    // 6. XSAVEC / AVX survival.
+    case(&mut res, "XSAVEC / AVX survival", 1, |res| {
+        xsavec(res, args.quick, runs)
+    });
+
+    print_table(&res);
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&res)? + "\n")
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("\nJSON: {}", args.json.display());
+    let failed = res
+        .not_run
+        .values()
+        .filter(|n| matches!(n, NotRun::Failed { .. }))
+        .count();
+    if failed > 0 {
+        bail!("{failed} benchmark case(s) failed (see the table)");
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bandwidth(
+    res: &mut Results,
+    name: &str,
+    devices: u8,
+    gran: u64,
+    size: u64,
+    runs: usize,
+    mib: u64,
+    mem: u64,
+) -> anyhow::Result<()> {
+    {
         let mut per: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut ratio: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for _ in 0..runs {
@@ -271,9 +430,11 @@ fn main() -> anyhow::Result<()> {
             res.bandwidth_ratio.insert(k, stat(v, "window/RAM"));
         }
     }
+    Ok(())
+}
 
-    // 2. MMIO path cost vs the exit floor.
-    let count = if args.quick { 2000 } else { 20000 };
+fn mmio_path(res: &mut Results, quick: bool, runs: usize) -> anyhow::Result<()> {
+    let count = if quick { 2000 } else { 20000 };
     let (mut w, mut d) = (Vec::new(), Vec::new());
     let (mut wc, mut nc) = (Vec::new(), Vec::new());
     for _ in 0..runs {
@@ -308,13 +469,20 @@ fn main() -> anyhow::Result<()> {
         .insert("unclaimed window access".into(), stat(wc, "us"));
     res.mmio
         .insert("null MMIO exit (floor)".into(), stat(nc, "us"));
+    Ok(())
+}
 
-    // 3. Remap latency.
-    let cycles = if args.quick { 20 } else { 200 };
-    for (name, devices, gran, size) in [
-        ("1-way", 1u8, 4096u64, 256 * MIB),
-        ("2-way 16K", 2, 16384, 512 * MIB),
-    ] {
+fn remap(
+    res: &mut Results,
+    name: &str,
+    devices: u8,
+    gran: u64,
+    size: u64,
+    runs: usize,
+    quick: bool,
+) -> anyhow::Result<()> {
+    let cycles = if quick { 20 } else { 200 };
+    {
         let mut s: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for _ in 0..runs {
             let topo = Topology::simple(devices, size / u64::from(devices), gran, false);
@@ -337,17 +505,17 @@ fn main() -> anyhow::Result<()> {
             res.remap_us.insert(k, stat(v, "us"));
         }
     }
+    Ok(())
+}
 
-    // 4. Build cost of a stitched interleave map (host side).
-    for (name, size, gran) in [
-        ("256 MiB @ 4 KiB", 256 * MIB, 4096u64),
-        ("1 GiB @ 16 KiB", 1024 * MIB, 16384),
-    ] {
-        let (size, gran) = if args.quick {
-            (size / 16, gran)
-        } else {
-            (size, gran)
-        };
+fn stitch_build(
+    res: &mut Results,
+    name: &str,
+    size: u64,
+    gran: u64,
+    runs: usize,
+) -> anyhow::Result<()> {
+    {
         let devs: Vec<Arc<RamBacking>> = (0..2)
             .map(|i| RamBacking::memfd(&format!("bench{i}"), size / 2))
             .collect::<Result<_, _>>()?;
@@ -363,8 +531,10 @@ fn main() -> anyhow::Result<()> {
         }
         res.stitch_build_ms.insert(name.into(), stat(t, "ms"));
     }
+    Ok(())
+}
 
-    // 5. Start-up and footprint, each in a fresh process.
+fn startup(res: &mut Results, runs: usize) -> anyhow::Result<()> {
     let (mut first, mut rss) = (Vec::new(), Vec::new());
     for _ in 0..runs.max(3) {
         let (f, r, _) = single_process(0)?;
@@ -386,9 +556,11 @@ fn main() -> anyhow::Result<()> {
             stat(vec![overhead], "MiB"),
         );
     }
+    Ok(())
+}
 
-    // 6. XSAVEC / AVX survival.
-    let n = if args.quick { 1 } else { runs };
+fn xsavec(res: &mut Results, quick: bool, runs: usize) -> anyhow::Result<()> {
+    let n = if quick { 1 } else { runs };
     let mut crashed_direct = 0;
     let mut crashed_mmio = 0;
     for _ in 0..n {
@@ -429,14 +601,6 @@ fn main() -> anyhow::Result<()> {
         "crashes on MMIO-only CXL memory (KVM emulation failure)".into(),
         crashed_mmio.into(),
     );
-
-    print_table(&res);
-    if let Some(dir) = args.json.parent() {
-        std::fs::create_dir_all(dir).ok();
-    }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&res)? + "\n")
-        .with_context(|| format!("writing {}", args.json.display()))?;
-    println!("\nJSON: {}", args.json.display());
     Ok(())
 }
 
@@ -471,5 +635,11 @@ fn print_table(r: &Results) {
     println!("XSAVEC / AVX survival");
     for (k, v) in &r.xsavec_avx {
         println!("  {k:<58} {v}");
+    }
+    if !r.not_run.is_empty() {
+        println!("\nNot measured");
+        for (k, why) in &r.not_run {
+            println!("  {k:<58} {why}");
+        }
     }
 }

@@ -13,15 +13,37 @@ use std::sync::{Arc, Mutex, Weak};
 use arc_swap::ArcSwap;
 
 use cxlvm_memory::{AddressSpace, RamBacking, RegionId};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::fabric::DecodeListener;
 use crate::graph::DecodeGraph;
-use crate::planner::{self, Piece, RangePlan};
+use crate::planner::{self, BuildFailure, MmioReason, Piece, RangePlan};
 use crate::window::DeviceMemory;
 
 /// Priority of overlays inside a window container (the dispatcher is at 0).
 pub const OVERLAY_PRIORITY: i32 = 1;
+
+/// Which path serves a decoded range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RangeMode {
+    /// One RAM alias onto one device.
+    Linear,
+    /// One stitched RAM mapping over several devices.
+    Interleaved,
+    /// The exact MMIO path (every access exits).
+    Mmio,
+}
+
+impl std::fmt::Display for RangeMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RangeMode::Linear => "linear",
+            RangeMode::Interleaved => "interleaved",
+            RangeMode::Mmio => "mmio",
+        })
+    }
+}
 
 /// How a range of a window is served now.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -32,12 +54,28 @@ pub struct RangeState {
     pub hpa: u64,
     /// Length.
     pub len: u64,
-    /// `"linear"`, `"interleaved"` or `"mmio"`.
-    pub mode: &'static str,
+    /// The path serving it.
+    pub mode: RangeMode,
     /// Host mappings (VMAs) it uses.
     pub mappings: u64,
-    /// Why it is MMIO, or what it maps.
+    /// Why it stays on the MMIO path (`mode` is `Mmio`).
+    pub reason: Option<MmioReason>,
+    /// Why it is MMIO, or what it maps (for people).
     pub detail: String,
+}
+
+impl RangeState {
+    fn mmio(window: usize, hpa: u64, len: u64, reason: MmioReason) -> Self {
+        RangeState {
+            window,
+            hpa,
+            len,
+            mode: RangeMode::Mmio,
+            mappings: 0,
+            detail: reason.to_string(),
+            reason: Some(reason),
+        }
+    }
 }
 
 struct Installed {
@@ -69,6 +107,8 @@ pub struct OverlayManager {
     /// against the VMA budget; they are dropped first when the budget is needed.
     stitch_cache: Mutex<Vec<(RangePlan, Arc<RamBacking>)>>,
     mmio_only: Mutex<Vec<RangeState>>,
+    /// Ranges already reported as slow for lack of VMA budget (reported once each).
+    budget_warned: Mutex<std::collections::BTreeSet<(usize, u64, u64)>>,
     fatal: Box<dyn Fn(String) + Send + Sync>,
 }
 
@@ -117,7 +157,7 @@ fn describe(p: &RangePlan) -> String {
             devs.dedup();
             format!("interleaved over devices {devs:?}, {} pieces", pieces.len())
         }
-        RangePlan::MmioOnly { reason, .. } => reason.clone(),
+        RangePlan::MmioOnly { reason, .. } => reason.to_string(),
     }
 }
 
@@ -161,6 +201,7 @@ impl OverlayManager {
             installed: Mutex::new(BTreeMap::new()),
             stitch_cache: Mutex::new(Vec::new()),
             mmio_only: Mutex::new(Vec::new()),
+            budget_warned: Mutex::new(std::collections::BTreeSet::new()),
             fatal,
         }
     }
@@ -179,11 +220,12 @@ impl OverlayManager {
                     hpa,
                     len,
                     mode: if matches!(i.plan, RangePlan::Linear { .. }) {
-                        "linear"
+                        RangeMode::Linear
                     } else {
-                        "interleaved"
+                        RangeMode::Interleaved
                     },
                     mappings: i.mappings,
+                    reason: None,
                     detail: describe(&i.plan),
                 }
             })
@@ -259,9 +301,15 @@ impl OverlayManager {
         let cached: u64 = cache.iter().map(|(_, b)| b.mappings() as u64).sum();
         let mut plans = planner::plan(&graph, self.vma_budget.saturating_sub(cached));
         let short = |plans: &[RangePlan]| {
-            plans
-                .iter()
-                .any(|p| matches!(p, RangePlan::MmioOnly { reason, .. } if reason.contains("VMA budget")))
+            plans.iter().any(|p| {
+                matches!(
+                    p,
+                    RangePlan::MmioOnly {
+                        reason: MmioReason::VmaBudget { .. },
+                        ..
+                    }
+                )
+            })
         };
         if cached > 0 && short(&plans) {
             // The cache is in the way: give its mappings back and plan with the whole budget.
@@ -277,7 +325,7 @@ impl OverlayManager {
                         window,
                         hpa,
                         len,
-                        reason: "direct mapping disabled".into(),
+                        reason: MmioReason::DirectOff,
                     };
                 }
             }
@@ -304,21 +352,16 @@ impl OverlayManager {
                     hpa,
                     len,
                     reason,
-                } => Some(RangeState {
-                    window: *window,
-                    hpa: *hpa,
-                    len: *len,
-                    mode: "mmio",
-                    mappings: 0,
-                    detail: reason.clone(),
-                }),
+                } => Some(RangeState::mmio(*window, *hpa, *len, reason.clone())),
                 _ => None,
             })
             .collect();
         {
             let mut mmio = self.mmio_only.lock().unwrap_or_else(|e| e.into_inner());
             for m in &mmio_now {
-                if !mmio.contains(m) {
+                if let Some(MmioReason::VmaBudget { needed, left }) = m.reason {
+                    self.warn_budget(m, needed, left);
+                } else if !mmio.contains(m) {
                     info!(
                         "window {} [{:#x}, {:#x}): decoded, stays on the MMIO path: {}",
                         m.window,
@@ -340,21 +383,15 @@ impl OverlayManager {
                 Ok(x) => prepared.push(x),
                 Err(e) => {
                     let (window, hpa, len) = key(p);
+                    let reason = MmioReason::BuildFailed { failure: e };
                     error!(
-                        "window {window} [{hpa:#x}, {:#x}): cannot build direct mapping, stays MMIO: {e}",
+                        "window {window} [{hpa:#x}, {:#x}): stays on the MMIO path (slow): {reason}",
                         hpa + len
                     );
                     self.mmio_only
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push(RangeState {
-                            window,
-                            hpa,
-                            len,
-                            mode: "mmio",
-                            mappings: 0,
-                            detail: format!("direct mapping failed: {e}"),
-                        });
+                        .push(RangeState::mmio(window, hpa, len, reason));
                 }
             }
         }
@@ -475,7 +512,30 @@ impl OverlayManager {
         }
     }
 
-    fn prepare<'p>(&self, p: &'p RangePlan) -> Result<(&'p RangePlan, Vec<Part>), String> {
+    /// Says, once per range and at the default log level, that a committed range runs on the
+    /// slow MMIO path because the VMA budget is spent, with what would let it be mapped.
+    fn warn_budget(&self, m: &RangeState, needed: u64, left: u64) {
+        let mut warned = self.budget_warned.lock().unwrap_or_else(|e| e.into_inner());
+        if !warned.insert((m.window, m.hpa, m.len)) {
+            return;
+        }
+        let short = needed.saturating_sub(left);
+        let advice = match cxlvm_stitch::vma_limit() {
+            Some(limit) => format!(
+                "raise vm.max_map_count from {limit} to at least {} (sysctl -w vm.max_map_count=...) or --vma-budget",
+                limit.saturating_add(short).saturating_add(4096)
+            ),
+            None => format!("allow {short} more host mappings (vm.max_map_count, --vma-budget)"),
+        };
+        warn!(
+            "window {} [{:#x}, {:#x}): committed but stays on the MMIO path, thousands of times slower than RAM: mapping it needs {needed} host mappings and the VMA budget has {left} left; {advice}",
+            m.window,
+            m.hpa,
+            m.hpa + m.len
+        );
+    }
+
+    fn prepare<'p>(&self, p: &'p RangePlan) -> Result<(&'p RangePlan, Vec<Part>), BuildFailure> {
         match p {
             RangePlan::Linear {
                 hpa,
@@ -496,9 +556,11 @@ impl OverlayManager {
                     at += n;
                 }
                 if at != hpa + len {
-                    return Err(format!(
-                        "device {device} has no backing for DPA {dpa:#x}+{len:#x}"
-                    ));
+                    return Err(BuildFailure::NoBacking {
+                        device: *device,
+                        dpa: *dpa,
+                        len: *len,
+                    });
                 }
                 Ok((p, parts))
             }
@@ -516,8 +578,8 @@ impl OverlayManager {
                         src.push((b, off, n));
                     }
                 }
-                let backing =
-                    RamBacking::stitched("cxl.interleave", &src).map_err(|e| e.to_string())?;
+                let backing = RamBacking::stitched("cxl.interleave", &src)
+                    .map_err(|e| BuildFailure::Stitch { error: Arc::new(e) })?;
                 Ok((p, vec![Part::Stitched { backing, at: *hpa }]))
             }
             RangePlan::MmioOnly { .. } => Ok((p, vec![])),

@@ -18,8 +18,8 @@
 //!   `Target::Device` with the device and DPA the plan gives. Those ranges never contain a byte
 //!   that `route()` leaves unclaimed.
 //! * **Completeness**: every byte that `route()` sends to a device lies in exactly one range.
-//! * Only `MmioOnly` ranges whose reason starts with `"partially decoded"` or `"routing period"`
-//!   may contain unclaimed bytes (they stay on the MMIO path, which routes each access exactly, so
+//! * Only `MmioOnly` ranges whose reason [`MmioReason::may_have_holes`] (partially decoded, or
+//!   a routing period too large to analyse) may contain unclaimed bytes (they stay on the MMIO path, which routes each access exactly, so
 //!   that is harmless). `MmioOnly` ranges begin and end on claimed bytes, except "routing period"
 //!   ones (pathological graphs only) and XOR "partially decoded" ones whose first or last claimed
 //!   byte lies more than [`MAX_PERIOD_CELLS`] units from the interval's end.
@@ -102,6 +102,177 @@ pub struct Piece {
     pub len: u64,
 }
 
+/// Why a decoded range stays on the MMIO path.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MmioReason {
+    /// Runs of one device shorter than a page: a host mapping cannot express them.
+    Granularity {
+        /// Shortest run of one device, in bytes.
+        run: u64,
+    },
+    /// A run's HPA, DPA, length or per-period DPA stride is not page aligned.
+    Unaligned {
+        /// HPA of the offending run.
+        hpa: u64,
+        /// Its DPA.
+        dpa: u64,
+        /// Its device.
+        device: usize,
+    },
+    /// The range ends off a page boundary.
+    UnalignedEnd {
+        /// End HPA.
+        end: u64,
+    },
+    /// Only part of every period reaches a device (the rest is unclaimed).
+    PartiallyDecoded {
+        /// Bytes per period that reach a device.
+        claimed: u64,
+        /// Period (or the range, when shorter) in bytes.
+        period: u64,
+    },
+    /// Some XOR interleave positions reach no device.
+    XorPartiallyDecoded {
+        /// First unclaimed HPA found, when known.
+        unclaimed: Option<u64>,
+    },
+    /// The routing does not repeat with the period the decoders imply (a planner bug if seen).
+    NotPeriodic,
+    /// The routing period is too large to analyse.
+    PeriodTooLarge {
+        /// log2 of the period in bytes.
+        pow2: u32,
+        /// Cell size in bytes.
+        cell: u64,
+    },
+    /// Mapping it needs more host mappings (VMAs) than the budget has left.
+    VmaBudget {
+        /// Mappings needed (for an XOR walk: the most it could need).
+        needed: u64,
+        /// Mappings left in the budget when it was planned.
+        left: u64,
+    },
+    /// Direct mapping is switched off (`--cxl-direct off` or port 0x510).
+    DirectOff,
+    /// The direct mapping could not be built.
+    BuildFailed {
+        /// What failed.
+        failure: BuildFailure,
+    },
+}
+
+/// Why building a planned direct mapping failed.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(tag = "what", rename_all = "snake_case")]
+pub enum BuildFailure {
+    /// The device has no backing for part of the DPA range.
+    NoBacking {
+        /// Device index.
+        device: usize,
+        /// First DPA.
+        dpa: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The stitched host mapping could not be made.
+    Stitch {
+        /// The cause (serialised as its message).
+        #[serde(serialize_with = "serialize_display")]
+        error: Arc<cxlvm_memory::BackingError>,
+    },
+}
+
+fn serialize_display<S: serde::Serializer>(
+    e: &Arc<cxlvm_memory::BackingError>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(e)
+}
+
+/// Two failures are the same when they are of the same kind about the same range; stitch
+/// failures compare by identity of their cause.
+impl PartialEq for BuildFailure {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                BuildFailure::NoBacking { device, dpa, len },
+                BuildFailure::NoBacking {
+                    device: d2,
+                    dpa: a2,
+                    len: l2,
+                },
+            ) => (device, dpa, len) == (d2, a2, l2),
+            (BuildFailure::Stitch { error }, BuildFailure::Stitch { error: e2 }) => {
+                Arc::ptr_eq(error, e2)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for BuildFailure {}
+
+impl MmioReason {
+    /// Whether a range with this reason may contain bytes no decoder claims.
+    pub fn may_have_holes(&self) -> bool {
+        matches!(
+            self,
+            MmioReason::PartiallyDecoded { .. }
+                | MmioReason::XorPartiallyDecoded { .. }
+                | MmioReason::PeriodTooLarge { .. }
+        )
+    }
+}
+
+impl fmt::Display for MmioReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MmioReason::Granularity { run } => write!(f, "granularity {} < 4 KiB", Bytes(*run)),
+            MmioReason::Unaligned { hpa, dpa, device } => write!(
+                f,
+                "not 4 KiB aligned: HPA {hpa:#x} is DPA {dpa:#x} of device {device}"
+            ),
+            MmioReason::UnalignedEnd { end } => write!(f, "not 4 KiB aligned: ends at {end:#x}"),
+            MmioReason::PartiallyDecoded { claimed, period } => write!(
+                f,
+                "partially decoded: {} of every {} reach a device",
+                Bytes(*claimed),
+                Bytes(*period)
+            ),
+            MmioReason::XorPartiallyDecoded { unclaimed: Some(a) } => {
+                write!(
+                    f,
+                    "partially decoded: XOR interleave leaves {a:#x} unclaimed"
+                )
+            }
+            MmioReason::XorPartiallyDecoded { unclaimed: None } => write!(
+                f,
+                "partially decoded: some XOR interleave positions reach no device"
+            ),
+            MmioReason::NotPeriodic => write!(f, "routing is not periodic"),
+            MmioReason::PeriodTooLarge { pow2, cell } => write!(
+                f,
+                "routing period of 2^{pow2} B in {cell} B cells too large to analyse"
+            ),
+            MmioReason::VmaBudget { needed, left } => write!(
+                f,
+                "needs {needed} host mappings, {left} left in the VMA budget"
+            ),
+            MmioReason::DirectOff => write!(f, "direct mapping disabled"),
+            MmioReason::BuildFailed {
+                failure: BuildFailure::NoBacking { device, dpa, len },
+            } => write!(
+                f,
+                "direct mapping failed: device {device} has no backing for DPA {dpa:#x}+{len:#x}"
+            ),
+            MmioReason::BuildFailed {
+                failure: BuildFailure::Stitch { error },
+            } => write!(f, "direct mapping failed: {error}"),
+        }
+    }
+}
+
 /// How one HPA range of a window is served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RangePlan {
@@ -139,9 +310,8 @@ pub enum RangePlan {
         hpa: u64,
         /// Length in bytes.
         len: u64,
-        /// Why, for humans ("granularity 256 B < 4 KiB", "needs 131072 mappings, 60000 left in
-        /// the VMA budget", ...).
-        reason: String,
+        /// Why.
+        reason: MmioReason,
     },
 }
 
@@ -220,7 +390,7 @@ enum Proposal {
     Linear { device: usize, dpa: u64 },
     Periodic(Pattern),
     XorWalk { unit: u64 },
-    Mmio(String),
+    Mmio(MmioReason),
 }
 
 /// One period of a fully decoded, mappable interleave.
@@ -613,11 +783,10 @@ fn plan_interval(
     if let WindowRule::Xor(mask) = rule {
         return xor_interval(graph, w, hbs, s, e, rest, mask);
     }
-    Some(slot(Proposal::Mmio(format!(
-        "routing period of 2^{} B in {} B cells too large to analyse",
-        full.pow2,
-        full.cell()
-    ))))
+    Some(slot(Proposal::Mmio(MmioReason::PeriodTooLarge {
+        pow2: full.pow2,
+        cell: full.cell(),
+    })))
 }
 
 /// Routes the cells of `[start, start + span)`.
@@ -656,11 +825,10 @@ fn periodic(graph: &DecodeGraph, w: usize, s: u64, e: u64, p: u64, c: u64) -> Op
             let r = runs.iter().rev().find(|r| r.to.is_some())?;
             Some(n.checked_sub(1)? * p + r.off + r.len)
         })?;
-        let reason = format!(
-            "partially decoded: {} of every {} reach a device",
-            Bytes(claimed * c),
-            Bytes(p.min(len))
-        );
+        let reason = MmioReason::PartiallyDecoded {
+            claimed: claimed * c,
+            period: p.min(len),
+        };
         return mk(s + first, last_end - first, Proposal::Mmio(reason));
     }
     // Fully decoded. Measure each device's DPA stride per period on the second period.
@@ -676,7 +844,7 @@ fn periodic(graph: &DecodeGraph, w: usize, s: u64, e: u64, p: u64, c: u64) -> Op
                 _ => false,
             };
             if !ok {
-                return mk(s, len, Proposal::Mmio("routing is not periodic".into()));
+                return mk(s, len, Proposal::Mmio(MmioReason::NotPeriodic));
             }
         }
     }
@@ -707,7 +875,7 @@ fn periodic(graph: &DecodeGraph, w: usize, s: u64, e: u64, p: u64, c: u64) -> Op
     }
     let min_run = runs.iter().map(|r| r.len).min().unwrap_or(0);
     if min_run < PAGE_SIZE {
-        let reason = format!("granularity {} < 4 KiB", Bytes(min_run));
+        let reason = MmioReason::Granularity { run: min_run };
         return mk(s, len, Proposal::Mmio(reason));
     }
     let aligned = |v: u64| v.is_multiple_of(PAGE_SIZE);
@@ -715,20 +883,15 @@ fn periodic(graph: &DecodeGraph, w: usize, s: u64, e: u64, p: u64, c: u64) -> Op
         .iter()
         .find(|r| !aligned(s + r.off) || !aligned(r.len) || !aligned(r.dpa) || !aligned(r.stride))
     {
-        let reason = format!(
-            "not 4 KiB aligned: HPA {:#x} is DPA {:#x} of device {}",
-            s + r.off,
-            r.dpa,
-            r.device
-        );
+        let reason = MmioReason::Unaligned {
+            hpa: s + r.off,
+            dpa: r.dpa,
+            device: r.device,
+        };
         return mk(s, len, Proposal::Mmio(reason));
     }
     if !aligned(len) {
-        return mk(
-            s,
-            len,
-            Proposal::Mmio(format!("not 4 KiB aligned: ends at {e:#x}")),
-        );
+        return mk(s, len, Proposal::Mmio(MmioReason::UnalignedEnd { end: e }));
     }
     mk(s, len, Proposal::Periodic(Pattern { period: p, runs }))
 }
@@ -825,11 +988,10 @@ fn xor_interval(
         })
     };
     let Some(p) = rest.period() else {
-        return mk(Proposal::Mmio(format!(
-            "routing period of 2^{} B in {} B cells too large to analyse",
-            rest.pow2,
-            rest.cell()
-        )));
+        return mk(Proposal::Mmio(MmioReason::PeriodTooLarge {
+            pow2: rest.pow2,
+            cell: rest.cell(),
+        }));
     };
     // (some claimed, all claimed) per host bridge.
     let classes: Vec<(usize, bool, bool)> = hbs
@@ -880,22 +1042,17 @@ fn xor_interval(
             window: w,
             hpa: s + first * unit,
             len: (last + 1 - first) * unit,
-            prop: Proposal::Mmio(
-                "partially decoded: some XOR interleave positions reach no device".into(),
-            ),
+            prop: Proposal::Mmio(MmioReason::XorPartiallyDecoded { unclaimed: None }),
         });
     }
     if unit < PAGE_SIZE {
-        return mk(Proposal::Mmio(format!(
-            "granularity {} < 4 KiB",
-            Bytes(unit)
-        )));
+        return mk(Proposal::Mmio(MmioReason::Granularity { run: unit }));
     }
     mk(Proposal::XorWalk { unit })
 }
 
 /// Pieces of `[hpa, hpa + len)` by routing each `unit`; `Err(reason)` when unmappable or when
-/// more than `budget` pieces are needed.
+/// more than `budget` pieces are needed (then `needed` is the most it could need: one per unit).
 fn xor_walk(
     graph: &DecodeGraph,
     w: usize,
@@ -903,30 +1060,30 @@ fn xor_walk(
     len: u64,
     unit: u64,
     budget: u64,
-) -> Result<Vec<Piece>, String> {
+) -> Result<Vec<Piece>, MmioReason> {
     let mut out: Vec<Piece> = Vec::new();
     let mut off = 0;
     while off < len {
         let Some((device, dpa)) = device_of(graph.route_in(w, hpa + off)) else {
-            return Err(format!(
-                "partially decoded: XOR interleave leaves {:#x} unclaimed",
-                hpa + off
-            ));
+            return Err(MmioReason::XorPartiallyDecoded {
+                unclaimed: Some(hpa + off),
+            });
         };
         if !dpa.is_multiple_of(PAGE_SIZE) {
-            return Err(format!(
-                "not 4 KiB aligned: HPA {:#x} is DPA {dpa:#x} of device {device}",
-                hpa + off
-            ));
+            return Err(MmioReason::Unaligned {
+                hpa: hpa + off,
+                dpa,
+                device,
+            });
         }
         match out.last_mut() {
             Some(last) if last.device == device && last.dpa + last.len == dpa => last.len += unit,
             _ => {
                 if out.len() as u64 >= budget {
-                    return Err(format!(
-                        "needs more than {budget} mappings (up to {}), {budget} left in the VMA budget",
-                        len / unit
-                    ));
+                    return Err(MmioReason::VmaBudget {
+                        needed: len / unit,
+                        left: budget,
+                    });
                 }
                 out.push(Piece {
                     device,
@@ -976,10 +1133,11 @@ fn merge(slots: Vec<Slot>) -> Vec<Slot> {
                 && s.len.is_multiple_of(PAGE_SIZE)
                 && dpa.is_multiple_of(PAGE_SIZE))
         {
-            s.prop = Proposal::Mmio(format!(
-                "not 4 KiB aligned: HPA {:#x}+{:#x} is DPA {dpa:#x} of device {device}",
-                s.hpa, s.len
-            ));
+            s.prop = Proposal::Mmio(MmioReason::Unaligned {
+                hpa: s.hpa,
+                dpa,
+                device,
+            });
         }
     }
     out
@@ -988,8 +1146,7 @@ fn merge(slots: Vec<Slot>) -> Vec<Slot> {
 /// Grants the VMA budget in HPA order (first fit) and materialises the plans.
 fn grant(graph: &DecodeGraph, slots: Vec<Slot>, budget: u64) -> Vec<RangePlan> {
     let mut left = budget;
-    let over =
-        |need: u64, left: u64| format!("needs {need} mappings, {left} left in the VMA budget");
+    let over = |needed: u64, left: u64| MmioReason::VmaBudget { needed, left };
     slots
         .into_iter()
         .map(|s| {

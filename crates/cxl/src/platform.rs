@@ -58,9 +58,11 @@ pub struct OverlayOptions {
     pub fatal: Box<dyn Fn(String) + Send + Sync>,
 }
 
-/// Root bus of host bridge `i`.
+/// Root bus of host bridge `i`: each host bridge owns 16 buses, host bridge 0 from bus 0x10,
+/// host bridge 14 from 0xf0, and the 16th (index 15) takes the remaining buses 0x00-0x0f.
 pub fn root_bus(i: usize) -> u8 {
-    (0x10 + 0x10 * i) as u8
+    debug_assert!(i < crate::topology::MAX_HOST_BRIDGES);
+    (((i + 1) % 16) * 0x10) as u8
 }
 
 /// Errors building the platform (files that cannot be opened are the user's).
@@ -92,6 +94,22 @@ pub enum PlatformError {
         /// Bytes needed.
         need: u64,
     },
+    /// A device's memory could not be mapped into cxlvm (the host refused the size).
+    #[error(
+        "device '{device}': cannot map its {mib} MiB of {what} memory (after {before_mib} MiB of other device memory); the host refused: {source}"
+    )]
+    DeviceMemory {
+        /// Device id.
+        device: String,
+        /// Which capacity.
+        what: &'static str,
+        /// Its size in MiB.
+        mib: u64,
+        /// Device memory mapped before it, in MiB.
+        before_mib: u64,
+        /// Cause.
+        source: Box<BackingError>,
+    },
     /// A backing could not be created.
     #[error(transparent)]
     Backing(#[from] BackingError),
@@ -101,20 +119,38 @@ pub enum PlatformError {
     /// PCI setup failed.
     #[error("CXL PCI setup: {0}")]
     Pci(#[from] PciError),
-    /// The topology needs more than the layout offers.
-    #[error("{0}")]
-    Layout(String),
+    /// A window's interleave set cannot be encoded (validation should have refused it).
+    #[error(
+        "window '{window}': {targets} targets and {granularity} B granularity cannot be encoded"
+    )]
+    WindowEncoding {
+        /// Window id.
+        window: String,
+        /// Number of targets.
+        targets: usize,
+        /// Granularity in bytes.
+        granularity: u64,
+    },
+    /// The devices' BARs do not fit in the PCI MMIO aperture.
+    #[error("too many CXL BARs for the {aperture_mib} MiB PCI MMIO aperture")]
+    ApertureFull {
+        /// Aperture size in MiB.
+        aperture_mib: u64,
+    },
 }
 
 impl PlatformError {
     /// Whether the user can fix it (bad or unusable files).
     pub fn is_user_error(&self) -> bool {
-        matches!(
-            self,
+        match self {
             PlatformError::File { .. }
-                | PlatformError::FileTooSmall { .. }
-                | PlatformError::Layout(_)
-        )
+            | PlatformError::FileTooSmall { .. }
+            | PlatformError::ApertureFull { .. } => true,
+            PlatformError::DeviceMemory { source, .. } => {
+                matches!(**source, BackingError::Mmap { .. })
+            }
+            _ => false,
+        }
     }
 }
 
@@ -365,20 +401,42 @@ impl CxlPlatform {
         // Device memory.
         let mut memories = Vec::new();
         let mut lsas = Vec::new();
+        let mut mapped: u64 = 0;
         for (d, (pfile, lfile)) in topo.devices.iter().zip(files) {
+            let failed = |what: &'static str, bytes: u64, before: u64| {
+                move |source| PlatformError::DeviceMemory {
+                    device: d.id.clone(),
+                    what,
+                    mib: bytes >> 20,
+                    before_mib: before >> 20,
+                    source: Box::new(source),
+                }
+            };
             let volatile = match d.volatile_bytes() {
                 0 => None,
-                v => Some(RamBacking::memfd(&format!("{}.volatile", d.id), v)?),
+                v => Some(
+                    RamBacking::memfd(&format!("{}.volatile", d.id), v)
+                        .map_err(failed("volatile", v, mapped))?,
+                ),
             };
+            mapped += d.volatile_bytes();
             let persistent = match pfile {
-                Some(f) => Some(RamBacking::from_file(
-                    &format!("{}.persistent", d.id),
-                    f,
-                    0,
-                    d.persistent_bytes(),
-                )?),
+                Some(f) => Some(
+                    RamBacking::from_file(
+                        &format!("{}.persistent", d.id),
+                        f,
+                        0,
+                        d.persistent_bytes(),
+                    )
+                    .map_err(failed(
+                        "persistent",
+                        d.persistent_bytes(),
+                        mapped,
+                    ))?,
+                ),
                 None => None,
             };
+            mapped += d.persistent_bytes();
             let lsa = match (d.persistent_bytes(), lfile) {
                 (0, _) => None,
                 (_, Some(f)) => Some(RamBacking::from_file(
@@ -401,11 +459,13 @@ impl CxlPlatform {
         let mut windows = Vec::new();
         let mut winfo = Vec::new();
         for w in &topo.windows {
-            let ways = Ways::from_count(w.targets.len() as u32)
-                .ok_or_else(|| PlatformError::Layout(format!("window '{}': bad ways", w.id)))?;
-            let gran = Granularity::from_bytes(w.granularity_bytes()).ok_or_else(|| {
-                PlatformError::Layout(format!("window '{}': bad granularity", w.id))
-            })?;
+            let encoding = || PlatformError::WindowEncoding {
+                window: w.id.clone(),
+                targets: w.targets.len(),
+                granularity: w.granularity_bytes(),
+            };
+            let ways = Ways::from_count(w.targets.len() as u32).ok_or_else(encoding)?;
+            let gran = Granularity::from_bytes(w.granularity_bytes()).ok_or_else(encoding)?;
             let targets: Vec<usize> = w
                 .targets
                 .iter()
@@ -634,9 +694,9 @@ impl CxlPlatform {
         let mut place = |size: u64| -> Result<u64, PlatformError> {
             let at = next.next_multiple_of(size);
             if at + size > layout.aperture_base + layout.aperture_size {
-                return Err(PlatformError::Layout(
-                    "too many CXL BARs for the PCI MMIO aperture".into(),
-                ));
+                return Err(PlatformError::ApertureFull {
+                    aperture_mib: layout.aperture_size >> 20,
+                });
             }
             next = at + size;
             Ok(at)

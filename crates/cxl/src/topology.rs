@@ -37,6 +37,14 @@ pub const CXL_UNIT: u64 = 256 << 20;
 pub const MAX_HOST_BRIDGES: usize = 16;
 /// Most root ports per host bridge (HDM target count).
 pub const MAX_ROOT_PORTS: u8 = 8;
+/// Most fixed memory windows (the boot info and the ACPI CEDT are sized for this many).
+pub const MAX_WINDOWS: usize = 64;
+/// Highest host-bridge UID: the test-guest boot info lists window targets as 8-bit UIDs.
+pub const MAX_UID: u32 = 255;
+/// Most device capacity in one machine (all devices together): cxlvm maps every device's memory
+/// into its own address space (and interleaved windows once more), which x86-64 limits to
+/// 128 TiB.
+pub const MAX_TOTAL_CAPACITY: u64 = 64 << 40;
 /// Label storage area size of persistent devices.
 pub const LSA_SIZE: u64 = 128 << 10;
 
@@ -208,12 +216,55 @@ fn item(kind: &str, id: &str, problem: impl Into<String>) -> TopologyError {
 }
 
 fn fmt_size(b: u64) -> String {
-    if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
+    if b >= 1 << 40 && b.is_multiple_of(1 << 40) {
+        format!("{} TiB", b >> 40)
+    } else if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
         format!("{} GiB", b >> 30)
     } else if b >= 1 << 20 && b.is_multiple_of(1 << 20) {
         format!("{} MiB", b >> 20)
     } else {
         format!("{b:#x} bytes")
+    }
+}
+
+/// The backing files named so far, to refuse one file backing two things. A file is known by
+/// its device and inode when it exists, and by its absolute path either way.
+#[derive(Default)]
+struct FileSet {
+    owners: Vec<(FileKey, String)>,
+}
+
+#[derive(PartialEq, Eq)]
+enum FileKey {
+    Inode { dev: u64, ino: u64 },
+    Path(PathBuf),
+}
+
+impl FileSet {
+    fn keys(path: &std::path::Path) -> Vec<FileKey> {
+        use std::os::unix::fs::MetadataExt;
+        let mut keys = Vec::new();
+        if let Ok(m) = std::fs::metadata(path) {
+            keys.push(FileKey::Inode {
+                dev: m.dev(),
+                ino: m.ino(),
+            });
+        }
+        if let Ok(abs) = std::path::absolute(path) {
+            keys.push(FileKey::Path(abs));
+        }
+        keys
+    }
+
+    /// Records `path` as `owner`'s; returns the earlier owner when the file is taken.
+    fn claim(&mut self, path: &std::path::Path, owner: &str) -> Option<String> {
+        let keys = Self::keys(path);
+        if let Some((_, o)) = self.owners.iter().find(|(k, _)| keys.contains(k)) {
+            return Some(o.clone());
+        }
+        self.owners
+            .extend(keys.into_iter().map(|k| (k, owner.to_owned())));
+        None
     }
 }
 
@@ -319,6 +370,12 @@ impl Topology {
             if !ids.insert(("hb", h.id.clone())) {
                 return Err(hb("defined twice".into()));
             }
+            if self.uid(i) > MAX_UID {
+                return Err(hb(format!(
+                    "uid {}: must be 0 to {MAX_UID} (guests are told window targets as 8-bit UIDs)",
+                    self.uid(i)
+                )));
+            }
             if !uids.insert(h.uid.unwrap_or(i as u32)) {
                 return Err(hb(format!(
                     "uid {} is used by another host bridge",
@@ -344,6 +401,8 @@ impl Topology {
             }
         }
         let mut ports = BTreeSet::new();
+        let mut total: u64 = 0;
+        let mut files = FileSet::default();
         for d in &self.devices {
             let dev = |p: String| item("device", &d.id, p);
             if !ids.insert(("dev", d.id.clone())) {
@@ -384,6 +443,27 @@ impl Topology {
             if v.checked_add(p).is_none_or(|t| t > 1 << 46) {
                 return Err(dev("capacity above 64 TiB".into()));
             }
+            total = total.saturating_add(v.saturating_add(p));
+            if total > MAX_TOTAL_CAPACITY {
+                return Err(dev(format!(
+                    "total device capacity reaches {} here: at most {} in one machine (cxlvm maps all device memory into its own address space)",
+                    fmt_size(total),
+                    fmt_size(MAX_TOTAL_CAPACITY)
+                )));
+            }
+            for (what, f) in [
+                ("persistent_file", &d.persistent_file),
+                ("lsa_file", &d.lsa_file),
+            ] {
+                if let Some(path) = f
+                    && let Some(owner) = files.claim(path, &format!("{what} of device '{}'", d.id))
+                {
+                    return Err(dev(format!(
+                        "{what} {} is already the {owner}: devices must not share bytes",
+                        path.display()
+                    )));
+                }
+            }
             if p > 0 && d.persistent_file.is_none() {
                 return Err(dev("persistent capacity needs persistent_file".into()));
             }
@@ -397,6 +477,12 @@ impl Topology {
             {
                 return Err(dev(format!("decoders = {n}: must be 1, 2, 4, 6, 8 or 10")));
             }
+        }
+        if self.windows.len() > MAX_WINDOWS {
+            return Err(TopologyError::Parse(format!(
+                "{} windows: at most {MAX_WINDOWS}",
+                self.windows.len()
+            )));
         }
         for w in &self.windows {
             let win = |p: String| item("window", &w.id, p);

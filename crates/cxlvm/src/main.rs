@@ -1,6 +1,7 @@
 //! The `cxlvm` command.
 #![forbid(unsafe_code)]
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,8 +50,8 @@ struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     scratch_window: Option<u64>,
     /// Stop the guest after this many seconds (exit status 124).
-    #[arg(long, value_name = "SECONDS")]
-    timeout: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_negative_numbers = true)]
+    timeout: Option<Duration>,
     /// Print run statistics (exits, start-up time, RSS) as JSON on stderr at exit.
     #[arg(long)]
     stats: bool,
@@ -78,8 +79,15 @@ struct RunArgs {
     cxl_passthrough: bool,
     /// Map every decoded CXL range directly (on, the default) or keep everything on the exact
     /// MMIO path (off); the guest can switch at run time through port 0x510.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off)]
-    cxl_direct: bool,
+    #[arg(
+        long,
+        value_name = "on|off",
+        value_enum,
+        default_value = "on",
+        num_args = 0..=1,
+        default_missing_value = "on"
+    )]
+    cxl_direct: Switch,
     /// Most host mappings (VMAs) interleaved CXL ranges may use (default: what
     /// vm.max_map_count leaves, minus a margin).
     #[arg(long, value_name = "N")]
@@ -91,22 +99,61 @@ struct RunArgs {
     /// At exit write the same memory state as JSON to this file.
     #[arg(long, value_name = "PATH")]
     mtree_json: Option<PathBuf>,
+    /// Confine each vCPU thread and the run thread with a seccomp filter that allows only the
+    /// system calls it needs (on, the default); a forbidden call stops cxlvm with status 159 and
+    /// one line naming the thread and the call. `off` is a debugging aid (e.g. to strace or
+    /// profile a workload the filters would refuse), not a way to run.
+    #[arg(
+        long,
+        value_name = "on|off",
+        value_enum,
+        default_value = "on",
+        num_args = 0..=1,
+        default_missing_value = "on"
+    )]
+    seccomp: Switch,
 }
 
-fn parse_on_off(s: &str) -> Result<bool, String> {
-    match s {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("'{s}': expected on or off")),
+/// An on/off setting (`--flag on`, `--flag off`, `--flag=off`; a bare `--flag` means on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+impl Switch {
+    fn on(self) -> bool {
+        self == Switch::On
     }
+}
+
+/// Most seconds `--timeout` accepts (about 31 years): any larger number is a mistake.
+const MAX_TIMEOUT_SECS: f64 = 1e9;
+
+/// Parses `--timeout`: a positive number of seconds up to [`MAX_TIMEOUT_SECS`].
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let t: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(t.is_finite() && t > 0.0 && t <= MAX_TIMEOUT_SECS) {
+        return Err(format!(
+            "'{s}': must be a positive number of seconds up to {MAX_TIMEOUT_SECS:e}"
+        ));
+    }
+    Duration::try_from_secs_f64(t).map_err(|e| format!("'{s}': {e}"))
 }
 
 /// The CXL topology from --config or the short flags; `Err` is the one-line user error.
 fn topology(args: &RunArgs) -> Result<Option<cxlvm_cxl::topology::Topology>, String> {
     use cxlvm_cxl::topology::Topology;
     if let Some(p) = &args.config {
-        let text = std::fs::read_to_string(p)
+        let bytes = cxlvm_vmm::read_input_file(p)
             .map_err(|e| format!("cannot read topology file {}: {e}", p.display()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| format!("topology file {}: not UTF-8 text", p.display()))?;
         return Topology::from_toml(&text)
             .map(Some)
             .map_err(|e| format!("topology file {}: {e}", p.display()));
@@ -144,15 +191,58 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
-    let timeout = match args.timeout {
-        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
-        Some(t) => {
-            eprintln!("cxlvm: --timeout {t}: must be a positive number of seconds");
-            return Ok(2);
+/// Parses the command line; a usage error is printed as one line (clap's first paragraph, its
+/// lines joined) and ends cxlvm with status 2. Help and version go to stdout as usual.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            Err(ExitCode::SUCCESS)
         }
-        None => None,
-    };
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.split("\n\n").next().unwrap_or_default();
+            let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
+            let line = line.strip_prefix("error: ").unwrap_or(&line);
+            eprintln!("cxlvm: {line}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Creates (or truncates) an output file named on the command line before anything starts, so
+/// that an unwritable path is a one-line user error and not a failure after the guest ran.
+fn output_file(flag: &str, path: &std::path::Path) -> Result<std::fs::File, String> {
+    std::fs::File::create(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
+    let timeout = args.timeout;
+    let mut outputs = Vec::new();
+    for (flag, path) in [
+        ("--stats-json", &args.stats_json),
+        ("--mtree-json", &args.mtree_json),
+    ] {
+        let Some(p) = path else {
+            outputs.push(None);
+            continue;
+        };
+        match output_file(flag, p) {
+            Ok(f) => outputs.push(Some(f)),
+            Err(e) => {
+                eprintln!("cxlvm: {e}");
+                return Ok(2);
+            }
+        }
+    }
+    let mtree_file = outputs.pop().flatten();
+    let stats_file = outputs.pop().flatten();
     let cxl = match topology(&args) {
         Ok(t) => t,
         Err(e) => {
@@ -162,8 +252,9 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
     };
     let cfg = MachineConfig {
         cxl,
-        cxl_direct: args.cxl_direct,
+        cxl_direct: args.cxl_direct.on(),
         vma_budget: args.vma_budget,
+        seccomp: args.seccomp.on(),
         memory: args.memory,
         vcpus: args.vcpus,
         cmdline: args.cmdline,
@@ -196,9 +287,9 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
         if args.mtree {
             eprint!("{state}");
         }
-        if let Some(p) = &args.mtree_json {
+        if let (Some(mut f), Some(p)) = (mtree_file, &args.mtree_json) {
             let json = serde_json::to_string_pretty(&state)?;
-            std::fs::write(p, json + "\n")
+            f.write_all((json + "\n").as_bytes())
                 .map_err(|e| anyhow::anyhow!("cannot write --mtree-json {}: {e}", p.display()))?;
         }
     }
@@ -209,8 +300,8 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
     if args.stats {
         eprintln!("{json}");
     }
-    if let Some(p) = args.stats_json {
-        std::fs::write(&p, json + "\n")
+    if let (Some(mut f), Some(p)) = (stats_file, &args.stats_json) {
+        f.write_all((json + "\n").as_bytes())
             .map_err(|e| anyhow::anyhow!("cannot write --stats-json {}: {e}", p.display()))?;
     }
     Ok(report.outcome.exit_status() as u8)
@@ -218,7 +309,10 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
 
 fn main() -> ExitCode {
     let started = Instant::now();
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => run(args, started),
@@ -226,7 +320,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("cxlvm: {e:#}");
+            // cxlvm's error messages already include their cause; print the top one only.
+            eprintln!("cxlvm: {e}");
             ExitCode::from(1)
         }
     }

@@ -107,7 +107,7 @@ fn bad_memory_and_vcpus() {
     );
     user_error(
         &cxlvm(&["run", "--guest", &guest("hello"), "--timeout", "0"]),
-        "--timeout 0",
+        "invalid value '0' for '--timeout",
     );
 }
 
@@ -218,4 +218,24 @@ fn serial_goes_to_a_file_when_asked() {
             .contains("hello from cxlvm guest")
     );
     assert!(!String::from_utf8_lossy(&o.stdout).contains("hello from cxlvm guest"));
+}
+
+#[test]
+fn seccomp_is_on_by_default_and_can_be_turned_off() {
+    require_kvm();
+    for args in [
+        &[][..],
+        &["--seccomp", "on"],
+        &["--seccomp=off"],
+        &["--seccomp"],
+    ] {
+        let hello = guest("hello");
+        let mut all = vec!["run", "--guest", &hello];
+        all.extend_from_slice(args);
+        let o = cxlvm(&all);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("hello from cxlvm guest"));
+    }
+    let o = cxlvm(&["run", "--guest", &guest("hello"), "--seccomp", "maybe"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

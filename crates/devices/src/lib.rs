@@ -13,4 +13,4 @@ mod window;
 
 pub use legacy::{BootMark, ExitPort, NullDevice, Serial};
 pub use pio::{PioBus, PioDevice, PioError, PioWindow, StopReason, Stopper};
-pub use window::ScratchWindow;
+pub use window::{ScratchWindow, WindowError};

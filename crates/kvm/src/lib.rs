@@ -29,6 +29,14 @@ pub enum KvmError {
     /// `/dev/kvm` exists but cannot be opened.
     #[error("permission denied opening {0}: run as root or join the 'kvm' group")]
     PermissionDenied(String),
+    /// The path opened, but it is not a KVM device (the API version query failed or is wrong).
+    #[error("{path} is not a KVM device (KVM_GET_API_VERSION answered {answer})")]
+    NotKvm {
+        /// Device path.
+        path: String,
+        /// What the API version query returned (-1: the ioctl failed).
+        answer: i32,
+    },
     /// Some other failure opening the device.
     #[error("cannot open {path}: {source}")]
     Open {
@@ -53,8 +61,22 @@ pub enum KvmError {
         /// Guest-physical end.
         end: u64,
         /// Why.
-        reason: String,
+        reason: SlotFailure,
     },
+}
+
+/// Why a KVM memory slot could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotFailure {
+    /// The range is not inside its backing's host mapping.
+    #[error("range is outside its backing")]
+    OutsideBacking,
+    /// Every slot KVM offers is taken.
+    #[error("all {0} KVM memory slots are in use")]
+    NoFreeSlot(usize),
+    /// `KVM_SET_USER_MEMORY_REGION` failed.
+    #[error("KVM_SET_USER_MEMORY_REGION: {0}")]
+    Ioctl(#[source] kvm_ioctls::Error),
 }
 
 pub(crate) fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
@@ -79,6 +101,14 @@ impl Hypervisor {
                 source: e,
             },
         })?;
+        // KVM's API version has been 12 since Linux 2.6.22; anything else is not /dev/kvm.
+        let answer = kvm.get_api_version();
+        if answer != kvm_bindings::KVM_API_VERSION as i32 {
+            return Err(KvmError::NotKvm {
+                path: path.to_owned(),
+                answer,
+            });
+        }
         Ok(Self { kvm })
     }
 

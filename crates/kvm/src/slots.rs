@@ -19,7 +19,7 @@ use kvm_bindings::{KVM_MEM_READONLY, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
 use tracing::info;
 
-use crate::KvmError;
+use crate::{KvmError, SlotFailure};
 
 /// One installed slot, for introspection.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,7 +125,7 @@ impl SlotListener {
         unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| KvmError::Slot {
             start,
             end: start.saturating_add(len),
-            reason: e.to_string(),
+            reason: SlotFailure::Ioctl(e),
         })
     }
 
@@ -133,14 +133,14 @@ impl SlotListener {
         let Some((backing, offset, readonly)) = ram(r) else {
             return Ok(());
         };
-        let slot_err = |reason: String| KvmError::Slot {
+        let slot_err = |reason: SlotFailure| KvmError::Slot {
             start: r.start,
             end: r.end(),
             reason,
         };
         let hva = backing
             .host_address(offset, r.len)
-            .ok_or_else(|| slot_err("range is outside its backing".into()))?;
+            .ok_or_else(|| slot_err(SlotFailure::OutsideBacking))?;
         let slot = match self.free.pop() {
             Some(s) => s,
             None if (self.next as usize) < self.max_slots => {
@@ -148,10 +148,7 @@ impl SlotListener {
                 self.next - 1
             }
             None => {
-                return Err(slot_err(format!(
-                    "all {} KVM memory slots are in use",
-                    self.max_slots
-                )));
+                return Err(slot_err(SlotFailure::NoFreeSlot(self.max_slots)));
             }
         };
         if let Err(e) = self.set_region(slot, r.start, r.len, hva, readonly) {

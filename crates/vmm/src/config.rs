@@ -6,6 +6,33 @@ use std::time::{Duration, Instant};
 
 use cxlvm_x86::elf::ElfError;
 
+/// Why an input file (guest image, topology) cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputFileError {
+    /// It does not exist, or stat/open/read failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// It is a directory, FIFO, socket or device: reading it could block forever or mean nothing.
+    #[error("not a regular file")]
+    NotRegular,
+}
+
+/// Reads a whole input file, refusing anything but a regular file (checked before opening, so a
+/// FIFO never blocks cxlvm).
+pub fn read_input_file(path: &std::path::Path) -> Result<Vec<u8>, InputFileError> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(InputFileError::NotRegular);
+    }
+    let mut f = std::fs::File::open(path)?;
+    // Opened after the check: make sure it is still the regular file we checked.
+    if !f.metadata()?.is_file() {
+        return Err(InputFileError::NotRegular);
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut bytes)?;
+    Ok(bytes)
+}
+
 /// Where the serial console goes.
 pub enum SerialOut {
     /// cxlvm's stdout.
@@ -44,6 +71,9 @@ pub struct MachineConfig {
     pub cxl_direct: bool,
     /// Most host mappings interleaved overlays may use (default: what vm.max_map_count leaves).
     pub vma_budget: Option<u64>,
+    /// Confine every vCPU thread and the run thread with its seccomp filter before the guest
+    /// runs (default true; see `cxlvm-seccomp`). Turning it off is a debugging aid only.
+    pub seccomp: bool,
 }
 
 impl MachineConfig {
@@ -62,6 +92,7 @@ impl MachineConfig {
             cxl: None,
             cxl_direct: true,
             vma_budget: None,
+            seccomp: true,
         }
     }
 }
@@ -73,6 +104,10 @@ pub const MIN_MEMORY: u64 = 4 << 20;
 /// Most guest RAM.
 pub const MAX_MEMORY: u64 = 1 << 40;
 
+/// Longest guest command line (bytes). Linux's own limit on x86 is 2048; the boot info has room
+/// for this much next to the largest platform (`MAX_WINDOWS` windows, 16 host bridges).
+pub const MAX_CMDLINE: usize = 4096;
+
 /// A problem with the user's input: one line, exit status 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -82,7 +117,7 @@ pub enum ConfigError {
         /// Path.
         path: String,
         /// Cause.
-        source: std::io::Error,
+        source: InputFileError,
     },
     /// Guest image is not a usable ELF.
     #[error("guest image {path}: {source}")]
@@ -113,6 +148,22 @@ pub enum ConfigError {
     /// Bad memory size.
     #[error("--memory {0:#x}: must be a multiple of 4 KiB between 4 MiB and 1 TiB")]
     Memory(u64),
+    /// The guest command line is too long for the boot info.
+    #[error("--cmdline is {0} bytes: at most {MAX_CMDLINE}")]
+    Cmdline(usize),
+    /// The identity page tables (RAM, platform ranges and CXL windows) and the vCPU stacks do not
+    /// fit in low guest RAM.
+    #[error(
+        "the page tables for the guest-physical layout ({pt_mib} MiB, mostly for CXL windows) and {vcpus} vCPU stacks do not fit in the {low_mib} MiB of guest RAM below 4 GiB; use more --memory or smaller windows"
+    )]
+    PageTablesDoNotFit {
+        /// Page-table bytes, in MiB (rounded up).
+        pt_mib: u64,
+        /// vCPUs (one stack each).
+        vcpus: u32,
+        /// Guest RAM below 4 GiB, in MiB.
+        low_mib: u64,
+    },
     /// Bad vCPU count.
     #[error("--vcpus {0}: must be between 1 and {MAX_VCPUS}")]
     Vcpus(u32),
@@ -121,7 +172,10 @@ pub enum ConfigError {
     ScratchWindow(u64),
     /// The CXL topology is wrong (the message names the item).
     #[error("CXL topology: {0}")]
-    Topology(String),
+    Topology(#[from] cxlvm_cxl::topology::TopologyError),
+    /// A CXL device's file or memory cannot be used.
+    #[error("CXL topology: {0}")]
+    Platform(#[source] cxlvm_cxl::platform::PlatformError),
     /// Serial file cannot be created.
     #[error("cannot create serial output file {path}: {source}")]
     SerialFile {
@@ -137,6 +191,9 @@ impl MachineConfig {
     pub fn check(&self) -> Result<(), ConfigError> {
         if !self.memory.is_multiple_of(4096) || !(MIN_MEMORY..=MAX_MEMORY).contains(&self.memory) {
             return Err(ConfigError::Memory(self.memory));
+        }
+        if self.cmdline.len() > MAX_CMDLINE {
+            return Err(ConfigError::Cmdline(self.cmdline.len()));
         }
         if !(1..=MAX_VCPUS).contains(&self.vcpus) {
             return Err(ConfigError::Vcpus(self.vcpus));

@@ -7,7 +7,7 @@ mod machine;
 mod report;
 mod run;
 
-pub use config::{ConfigError, MachineConfig, SerialOut};
+pub use config::{ConfigError, InputFileError, MachineConfig, SerialOut, read_input_file};
 pub use machine::Machine;
 pub use report::{FaultKind, MemoryState, Outcome, RunReport, Stats, ViewRange, WindowState};
 
@@ -26,9 +26,29 @@ pub enum VmmError {
     /// A backing could not be created or written.
     #[error(transparent)]
     Backing(#[from] cxlvm_memory::BackingError),
-    /// A device could not be set up.
-    #[error("device setup: {0}")]
-    Device(String),
+    /// The identity page tables could not be planned.
+    #[error("page tables: {0}")]
+    Paging(#[from] cxlvm_x86::paging::PagingError),
+    /// The scratch window could not be installed.
+    #[error("scratch window: {0}")]
+    Scratch(#[from] cxlvm_devices::WindowError),
+    /// A port-I/O device could not be registered.
+    #[error("port I/O: {0}")]
+    Pio(#[from] cxlvm_devices::PioError),
+    /// The CXL platform could not be built (not the user's input: an internal or host failure).
+    #[error(transparent)]
+    Platform(cxlvm_cxl::platform::PlatformError),
+    /// The boot info outgrew its room (the configuration limits should make this impossible).
+    #[error("boot info is {size} bytes, room for {room}")]
+    BootInfoTooLarge {
+        /// Bytes needed.
+        size: usize,
+        /// Bytes available.
+        room: u64,
+    },
+    /// A seccomp filter could not be built or installed.
+    #[error(transparent)]
+    Seccomp(#[from] cxlvm_seccomp::SeccompError),
     /// A thread could not be started.
     #[error("cannot start vCPU thread: {0}")]
     Thread(std::io::Error),
@@ -41,7 +61,9 @@ impl VmmError {
             self,
             VmmError::Config(_)
                 | VmmError::Kvm(
-                    cxlvm_kvm::KvmError::NotFound(_) | cxlvm_kvm::KvmError::PermissionDenied(_)
+                    cxlvm_kvm::KvmError::NotFound(_)
+                        | cxlvm_kvm::KvmError::PermissionDenied(_)
+                        | cxlvm_kvm::KvmError::NotKvm { .. }
                 )
         )
     }

@@ -170,6 +170,8 @@ pub struct Machine {
     pub(crate) timeout: Option<std::time::Duration>,
     pub(crate) cxl: Option<CxlPlatform>,
     pub(crate) dump_request: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Confine the run's threads with seccomp filters.
+    pub(crate) seccomp: bool,
     // Keeps the VM alive as long as the machine.
     pub(crate) _vm: cxlvm_kvm::Vm,
 }
@@ -197,9 +199,11 @@ impl Machine {
         let started = cfg.started.unwrap_or_else(Instant::now);
         cfg.check()?;
         let path = cfg.guest.display().to_string();
-        let file = std::fs::read(&cfg.guest).map_err(|source| ConfigError::GuestUnreadable {
-            path: path.clone(),
-            source,
+        let file = crate::config::read_input_file(&cfg.guest).map_err(|source| {
+            ConfigError::GuestUnreadable {
+                path: path.clone(),
+                source,
+            }
         })?;
         let image = elf::parse(&file).map_err(|source| ConfigError::GuestInvalid {
             path: path.clone(),
@@ -225,13 +229,25 @@ impl Machine {
                 window_min: layout::CXL_WINDOW_MIN,
                 window_max: layout::CXL_WINDOW_MAX,
             };
-            t.validate(&limits)
-                .map_err(|e| ConfigError::Topology(e.to_string()))?;
+            t.validate(&limits).map_err(ConfigError::Topology)?;
             mapped.extend(platform::planned_ranges(t, &CXL_LAYOUT));
         }
-        let pt_plan = paging::Plan::new(&mapped).map_err(|e| VmmError::Device(e.to_string()))?;
+        let pt_plan = paging::Plan::new(&mapped)?;
         let pt_size = pt_plan.size();
         let top = layout::top_of_ram(low_end, pt_size, cfg.vcpus, layout::STACK_SIZE);
+        let stacks = layout::STACK_SIZE * u64::from(cfg.vcpus);
+        if pt_size
+            .saturating_add(stacks)
+            .saturating_add(layout::IMAGE_MIN)
+            > low_end
+        {
+            return Err(ConfigError::PageTablesDoNotFit {
+                pt_mib: pt_size.div_ceil(1 << 20),
+                vcpus: cfg.vcpus,
+                low_mib: low_end >> 20,
+            }
+            .into());
+        }
         let fits = |t: &layout::TopOfRam| {
             image.start() >= layout::IMAGE_MIN && image.end() <= t.stacks_bottom
         };
@@ -251,9 +267,7 @@ impl Machine {
         };
         let serial = serial_writer(cfg.serial)?;
         let cxl_files = match &topo {
-            Some(t) => {
-                Some(CxlPlatform::open_files(t).map_err(|e| ConfigError::Topology(e.to_string()))?)
-            }
+            Some(t) => Some(CxlPlatform::open_files(t).map_err(ConfigError::Platform)?),
             None => None,
         };
 
@@ -286,10 +300,12 @@ impl Machine {
         let space = Arc::new(Mutex::new(space));
         let stopper = Arc::new(Stopper::default());
         let scratch = match cfg.scratch_window {
-            Some(size) => Some(
-                ScratchWindow::install(&space, layout::SCRATCH_WINDOW_BASE, size, stopper.clone())
-                    .map_err(|e| VmmError::Device(e.to_string()))?,
-            ),
+            Some(size) => Some(ScratchWindow::install(
+                &space,
+                layout::SCRATCH_WINDOW_BASE,
+                size,
+                stopper.clone(),
+            )?),
             None => None,
         };
 
@@ -304,9 +320,9 @@ impl Machine {
                 )
                 .map_err(|e| {
                     if e.is_user_error() {
-                        VmmError::Config(ConfigError::Topology(e.to_string()))
+                        VmmError::Config(ConfigError::Platform(e))
                     } else {
-                        VmmError::Device(e.to_string())
+                        VmmError::Platform(e)
                     }
                 })?,
             ),
@@ -316,18 +332,12 @@ impl Machine {
         // Port I/O.
         let boot_mark = Arc::new(BootMark::default());
         let mut pio = PioBus::new();
-        let dev_err = |e: cxlvm_devices::PioError| VmmError::Device(e.to_string());
-        pio.insert("com1", ports::COM1, 8, Arc::new(Serial::new(serial)))
-            .map_err(dev_err)?;
-        pio.insert("exit", ports::EXIT, 4, Arc::new(ExitPort(stopper.clone())))
-            .map_err(dev_err)?;
-        pio.insert("boot-mark", ports::BOOT_MARK, 4, boot_mark.clone())
-            .map_err(dev_err)?;
-        pio.insert("null", ports::NULL, 4, null.clone())
-            .map_err(dev_err)?;
+        pio.insert("com1", ports::COM1, 8, Arc::new(Serial::new(serial)))?;
+        pio.insert("exit", ports::EXIT, 4, Arc::new(ExitPort(stopper.clone())))?;
+        pio.insert("boot-mark", ports::BOOT_MARK, 4, boot_mark.clone())?;
+        pio.insert("null", ports::NULL, 4, null.clone())?;
         if let Some(s) = &scratch {
-            pio.insert("scratch-control", ports::SCRATCH_CONTROL, 4, s.clone())
-                .map_err(dev_err)?;
+            pio.insert("scratch-control", ports::SCRATCH_CONTROL, 4, s.clone())?;
         }
         if let Some(c) = &cxl {
             let ctl = Arc::new(CxlControl {
@@ -335,10 +345,8 @@ impl Machine {
                 dispatchers: c.dispatchers.clone(),
                 baseline: AtomicU64::new(0),
             });
-            pio.insert("cxl-direct", ports::CXL_DIRECT, 4, ctl.clone())
-                .map_err(dev_err)?;
-            pio.insert("cxl-exits", ports::CXL_EXITS, 4, Arc::new(CxlExits(ctl)))
-                .map_err(dev_err)?;
+            pio.insert("cxl-direct", ports::CXL_DIRECT, 4, ctl.clone())?;
+            pio.insert("cxl-exits", ports::CXL_EXITS, 4, Arc::new(CxlExits(ctl)))?;
         }
         let pio = Arc::new(pio);
         {
@@ -415,10 +423,12 @@ impl Machine {
             cmdline: cfg.cmdline.clone(),
         }
         .to_bytes();
-        if bi.len() as u64 > layout::BOOT_INFO_MAX - layout::BOOT_INFO {
-            return Err(VmmError::Device(
-                "boot info too large (guest command line too long?)".into(),
-            ));
+        let room = layout::BOOT_INFO_MAX - layout::BOOT_INFO;
+        if bi.len() as u64 > room {
+            return Err(VmmError::BootInfoTooLarge {
+                size: bi.len(),
+                room,
+            });
         }
         ram.write(layout::BOOT_INFO, &bi)?;
         ram.write(layout::GDT, &cpu::gdt())?;
@@ -461,6 +471,7 @@ impl Machine {
             timeout: cfg.timeout,
             cxl,
             dump_request: None,
+            seccomp: cfg.seccomp,
             _vm: vm,
         })
     }

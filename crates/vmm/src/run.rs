@@ -1,4 +1,6 @@
-//! Running a machine: one thread per vCPU, exits handled on that thread, lock-free view lookups.
+//! Running a machine: one thread per vCPU, exits handled on that thread, lock-free view lookups;
+//! a run thread waits for the outcome. Each of these threads confines itself with its seccomp
+//! filter (`cxlvm-seccomp`) before the guest runs, unless the config turns seccomp off.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -7,6 +9,7 @@ use std::time::{Duration, Instant};
 use cxlvm_devices::{PioBus, StopReason, Stopper};
 use cxlvm_kvm::{Vcpu, VcpuExit, install_kick_handler, kick_signal};
 use cxlvm_memory::{AccessOutcome, FlatViewHandle};
+use cxlvm_seccomp::{BpfProgram, Params, SeccompError, ThreadKind};
 use tracing::{debug, error};
 use vmm_sys_util::signal::Killable;
 
@@ -22,6 +25,8 @@ struct Control {
     mmio_exits: AtomicU64,
     pio_exits: AtomicU64,
     unassigned: AtomicU64,
+    /// The first thread that could not install its seccomp filter.
+    confine_error: Mutex<Option<SeccompError>>,
 }
 
 impl Control {
@@ -66,6 +71,44 @@ fn fault(vcpu: &mut Vcpu, view: &FlatViewHandle, kind: FaultKind, data: Vec<u64>
         rip,
         bytes,
         data,
+    }
+}
+
+/// The compiled seccomp filters of one run.
+struct Filters {
+    vcpu: Arc<BpfProgram>,
+    run: BpfProgram,
+}
+
+impl Filters {
+    /// Installs the SIGSYS report handler and compiles both filters (before any thread starts).
+    fn new() -> Result<Self, SeccompError> {
+        cxlvm_seccomp::install_sigsys_handler()?;
+        let params = Params::for_this_process(kick_signal());
+        Ok(Self {
+            vcpu: Arc::new(cxlvm_seccomp::compile(ThreadKind::Vcpu, &params)?),
+            run: cxlvm_seccomp::compile(ThreadKind::Run, &params)?,
+        })
+    }
+}
+
+/// Installs `filter` (if seccomp is on) on the calling thread. On failure the run ends and `run`
+/// returns the error; the caller must not run its work.
+fn confine(kind: ThreadKind, filter: Option<&BpfProgram>, thread: &str, ctl: &Control) -> bool {
+    let Some(filter) = filter else {
+        return true;
+    };
+    match cxlvm_seccomp::apply(kind, filter, thread) {
+        Ok(()) => true,
+        Err(e) => {
+            let msg = format!("{thread}: {e}");
+            ctl.confine_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(e);
+            ctl.finish(Outcome::Error(msg));
+            false
+        }
     }
 }
 
@@ -161,6 +204,11 @@ impl Machine {
     /// inspectable afterwards (backings, slots, counters).
     pub fn run(&mut self) -> Result<RunReport, VmmError> {
         install_kick_handler()?;
+        let filters = if self.seccomp {
+            Some(Filters::new()?)
+        } else {
+            None
+        };
         let ctl = Arc::new(Control::default());
         let t0 = Instant::now();
         let mut handles = Vec::new();
@@ -171,9 +219,15 @@ impl Machine {
                 stopper: self.stopper.clone(),
                 ctl: ctl.clone(),
             };
+            let name = format!("vcpu{}", vcpu.index());
+            let filter = filters.as_ref().map(|f| f.vcpu.clone());
             let h = std::thread::Builder::new()
-                .name(format!("vcpu{}", vcpu.index()))
-                .spawn(move || vcpu_loop(vcpu, ctx));
+                .name(name.clone())
+                .spawn(move || {
+                    if confine(ThreadKind::Vcpu, filter.as_deref(), &name, &ctx.ctl) {
+                        vcpu_loop(vcpu, ctx);
+                    }
+                });
             match h {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -183,42 +237,32 @@ impl Machine {
                 }
             }
         }
-        {
-            let mut g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
-            // Wait for an outcome; wake up for the timeout and, while a dump can be requested
-            // (SIGUSR1), every 100 ms to serve it.
-            let poll = self
-                .dump_request
-                .as_ref()
-                .map(|_| Duration::from_millis(100));
-            while g.is_none() {
-                if self
-                    .dump_request
-                    .as_ref()
-                    .is_some_and(|f| f.swap(false, Ordering::Relaxed))
-                {
-                    drop(g);
-                    eprint!("{}", self.memory_state());
-                    g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
-                    continue;
-                }
-                let left = self.timeout.map(|t| t.saturating_sub(t0.elapsed()));
-                if left.is_some_and(|l| l.is_zero()) {
-                    drop(g);
-                    ctl.finish(Outcome::Timeout(self.timeout.unwrap_or_default()));
-                    g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
-                    continue;
-                }
-                g = match (left, poll) {
-                    (None, None) => ctl.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
-                    (l, p) => {
-                        let wait = l.into_iter().chain(p).min().unwrap_or_default();
-                        ctl.changed
-                            .wait_timeout(g, wait)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0
+        // The run thread waits for the outcome and kicks the vCPUs; it is a thread of its own so
+        // that its seccomp filter never confines the caller's thread (a test harness, the binary's
+        // main thread), which goes on after the run.
+        let run_filter = filters.as_ref().map(|f| &f.run);
+        let this = &*self;
+        let waited = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name(RUN_THREAD.into())
+                .spawn_scoped(s, || {
+                    if confine(ThreadKind::Run, run_filter, RUN_THREAD, &ctl) {
+                        this.wait_for_outcome(&ctl, t0);
                     }
-                };
+                    stop_all(&handles);
+                })
+                .map(|h| h.join().is_ok())
+        });
+        match waited {
+            Ok(true) => {}
+            Ok(false) => ctl.finish(Outcome::Error("the run thread panicked".into())),
+            Err(e) => {
+                ctl.finish(Outcome::Error(String::new()));
+                stop_all(&handles);
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(VmmError::Thread(e));
             }
         }
         stop_all(&handles);
@@ -226,6 +270,14 @@ impl Machine {
             if h.join().is_err() {
                 error!("a vCPU thread panicked");
             }
+        }
+        if let Some(e) = ctl
+            .confine_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Err(e.into());
         }
         let run_us = t0.elapsed().as_micros() as u64;
         let outcome = ctl
@@ -255,6 +307,52 @@ impl Machine {
         Ok(RunReport { outcome, stats })
     }
 }
+
+impl Machine {
+    /// Waits (on the run thread) until a vCPU or the timeout reports an outcome, serving SIGUSR1
+    /// memory dumps meanwhile.
+    fn wait_for_outcome(&self, ctl: &Control, t0: Instant) {
+        let mut g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        // Wait for an outcome; wake up for the timeout and, while a dump can be requested
+        // (SIGUSR1), every 100 ms to serve it.
+        let poll = self
+            .dump_request
+            .as_ref()
+            .map(|_| Duration::from_millis(100));
+        while g.is_none() {
+            if self
+                .dump_request
+                .as_ref()
+                .is_some_and(|f| f.swap(false, Ordering::Relaxed))
+            {
+                drop(g);
+                eprint!("{}", self.memory_state());
+                g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            let left = self.timeout.map(|t| t.saturating_sub(t0.elapsed()));
+            if left.is_some_and(|l| l.is_zero()) {
+                drop(g);
+                ctl.finish(Outcome::Timeout(self.timeout.unwrap_or_default()));
+                g = ctl.outcome.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            g = match (left, poll) {
+                (None, None) => ctl.changed.wait(g).unwrap_or_else(|e| e.into_inner()),
+                (l, p) => {
+                    let wait = l.into_iter().chain(p).min().unwrap_or_default();
+                    ctl.changed
+                        .wait_timeout(g, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+}
+
+/// Name of the run thread.
+const RUN_THREAD: &str = "cxlvm-run";
 
 /// Kicks every vCPU thread out of `KVM_RUN`; they see `stop` and return.
 fn stop_all(handles: &[std::thread::JoinHandle<()>]) {

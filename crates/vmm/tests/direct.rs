@@ -6,6 +6,8 @@
 mod common;
 
 use common::{VERIFY_TAG, boot, config};
+use cxlvm_cxl::overlay::RangeMode;
+use cxlvm_cxl::planner::MmioReason;
 use cxlvm_cxl::topology::Topology;
 use cxlvm_vmm::Outcome;
 
@@ -51,7 +53,10 @@ fn one_way_region_runs_without_exits_and_keeps_mmio_written_bytes() {
     let (m, text) = direct(Topology::simple(1, 256 << 20, 4096, false), "");
     let state = m.memory_state();
     assert!(
-        state.windows[0].ranges.iter().any(|r| r.mode == "linear"),
+        state.windows[0]
+            .ranges
+            .iter()
+            .any(|r| r.mode == RangeMode::Linear),
         "{state}"
     );
     assert!(
@@ -66,7 +71,11 @@ fn region_smaller_than_its_window() {
     let state = m.memory_state();
     let r = &state.windows[0].ranges;
     assert_eq!(r.len(), 1, "{state}");
-    assert_eq!((r[0].mode, r[0].len), ("linear", 256 << 20), "{state}");
+    assert_eq!(
+        (r[0].mode, r[0].len),
+        (RangeMode::Linear, 256 << 20),
+        "{state}"
+    );
 }
 
 #[test]
@@ -118,7 +127,10 @@ fn interleaved(devices: u8, gran: u64) {
     );
     let state = m.memory_state();
     let r = &state.windows[0].ranges;
-    assert!(r.iter().any(|r| r.mode == "interleaved"), "{state}\n{text}");
+    assert!(
+        r.iter().any(|r| r.mode == RangeMode::Interleaved),
+        "{state}\n{text}"
+    );
     let cxl = m.cxl().unwrap();
     let base = cxl.windows[0].base;
     let ways = u64::from(devices);
@@ -158,10 +170,14 @@ fn sub_page_granularity_stays_on_the_mmio_path_and_is_correct() {
     let state = m.memory_state();
     let r = &state.windows[0].ranges;
     assert!(
-        r.iter().all(|r| r.mode == "mmio") && !r.is_empty(),
+        r.iter().all(|r| r.mode == RangeMode::Mmio) && !r.is_empty(),
         "{state}"
     );
-    assert!(r[0].detail.contains("4 KiB"), "{state}");
+    assert_eq!(
+        r[0].reason,
+        Some(MmioReason::Granularity { run: 256 }),
+        "{state}"
+    );
 }
 
 #[test]
@@ -175,12 +191,18 @@ fn over_the_vma_budget_the_range_stays_mmio_and_correct() {
     let state = m.memory_state();
     let ranges = &state.windows[0].ranges;
     assert!(
-        ranges.iter().all(|r| r.mode == "mmio") && !ranges.is_empty(),
+        ranges.iter().all(|r| r.mode == RangeMode::Mmio) && !ranges.is_empty(),
         "{state}"
     );
     assert!(
-        ranges[0].detail.contains("budget"),
-        "reason names the budget: {state}"
+        matches!(
+            ranges[0].reason,
+            Some(MmioReason::VmaBudget {
+                needed: 131072,
+                left: 100
+            })
+        ),
+        "the reason is the budget, with its numbers: {state}"
     );
     assert!(m.slots().covering(state.windows[0].base).is_none());
 }

@@ -1,0 +1,278 @@
+//! The allowlists: what each kind of thread may ask the kernel, and why.
+//!
+//! Found by running every workload (the whole test suite, the CLI, the demo and benchmarks) with
+//! the filters on; each entry says which code needs it. Both lists share [`common`]: memory
+//! management for the allocator (glibc arenas grow with `mprotect`, shrink with `madvise`/
+//! `munmap`, big blocks are `mmap`ed and `mremap`ed), futexes (locks, condition variables,
+//! `ArcSwap`), the signal return path and thread exit (std's alternate signal stack, glibc's
+//! stack advice), clocks, `getrandom` (std's per-thread hash keys) and the exit calls.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::SeccompError;
+
+/// A kind of thread with its own allowlist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ThreadKind {
+    /// A vCPU thread: `KVM_RUN` and every exit it handles — port I/O and MMIO devices (serial
+    /// output to stdout, a file or a writer; logs), CXL register writes that commit decoders and
+    /// so change the memory map on this thread (KVM memory slots, stitched mappings, the VMA
+    /// budget read from `/proc`).
+    Vcpu,
+    /// The run thread (`Machine::run`'s waiting thread): waits for an outcome with a timeout,
+    /// prints SIGUSR1 memory dumps on stderr, and kicks the vCPU threads out of `KVM_RUN`.
+    Run,
+}
+
+impl ThreadKind {
+    /// Every kind.
+    pub const ALL: [ThreadKind; 2] = [ThreadKind::Vcpu, ThreadKind::Run];
+
+    /// Short name (`vcpu`, `run`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Run => "run",
+        }
+    }
+}
+
+impl fmt::Display for ThreadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the filters depend on at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// This process's id: the run thread may signal its own threads only.
+    pub pid: u32,
+    /// The signal that kicks vCPU threads out of `KVM_RUN` (the only one the run thread sends).
+    pub kick_signal: i32,
+}
+
+impl Params {
+    /// Parameters for this process, with vCPU kick signal `kick_signal`.
+    pub fn for_this_process(kick_signal: i32) -> Self {
+        Self {
+            pid: std::process::id(),
+            kick_signal,
+        }
+    }
+}
+
+/// The KVM ioctl request numbers the vCPU thread may use (computed like `kvm-ioctls` does).
+pub mod ioctls {
+    use kvm_bindings::{KVMIO, kvm_regs, kvm_userspace_memory_region};
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+
+    ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_iow_nr!(
+        KVM_SET_USER_MEMORY_REGION,
+        KVMIO,
+        0x46,
+        kvm_userspace_memory_region
+    );
+}
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// `arg` (32 bits) equals `value`.
+fn eq(arg: u8, value: u64) -> Result<SeccompCondition, seccompiler::BackendError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+}
+
+/// One rule per alternative: the call is allowed when any of them matches.
+fn any_of(
+    conds: impl IntoIterator<Item = Result<Vec<SeccompCondition>, seccompiler::BackendError>>,
+) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    conds
+        .into_iter()
+        .map(|c| SeccompRule::new(c?))
+        .collect::<Result<_, _>>()
+}
+
+/// `prot` (argument `arg`) without `PROT_EXEC`: no thread that runs a guest maps code.
+fn not_exec(arg: u8) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    any_of([Ok(vec![SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+        0,
+    )?])])
+}
+
+/// What every confined thread needs.
+fn common(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
+    // Allocator and mappings (never executable).
+    r.insert(libc::SYS_brk, vec![]);
+    r.insert(libc::SYS_mmap, not_exec(2)?);
+    r.insert(libc::SYS_mprotect, not_exec(2)?);
+    r.insert(libc::SYS_munmap, vec![]);
+    r.insert(libc::SYS_mremap, vec![]);
+    r.insert(libc::SYS_madvise, vec![]);
+    // Locks, condition variables, parking.
+    r.insert(libc::SYS_futex, vec![]);
+    r.insert(libc::SYS_sched_yield, vec![]);
+    // Signals (the vCPU kick, SIGUSR1 for dumps) and thread exit: std removes the thread's
+    // alternate signal stack, glibc blocks signals while the thread ends.
+    r.insert(libc::SYS_rt_sigreturn, vec![]);
+    r.insert(libc::SYS_rt_sigprocmask, vec![]);
+    r.insert(libc::SYS_sigaltstack, vec![]);
+    // Clocks (usually the vDSO; the system call where the clock source has none).
+    r.insert(libc::SYS_clock_gettime, vec![]);
+    // std's per-thread `HashMap` keys.
+    r.insert(libc::SYS_getrandom, vec![]);
+    // Thread exit; `exit_group` also ends the process from the SIGSYS handler.
+    r.insert(libc::SYS_exit, vec![]);
+    r.insert(libc::SYS_exit_group, vec![]);
+    Ok(())
+}
+
+fn vcpu(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
+    // KVM: run, read RIP for fault reports, and change memory slots when a guest register write
+    // (CXL decoder commit, scratch-window switch) changes the memory map on this thread.
+    r.insert(
+        libc::SYS_ioctl,
+        any_of(
+            [
+                ioctls::KVM_RUN(),
+                ioctls::KVM_GET_REGS(),
+                ioctls::KVM_SET_USER_MEMORY_REGION(),
+            ]
+            .map(|req| Ok(vec![eq(1, req)?])),
+        )?,
+    );
+    // Serial output (stdout, a file, any writer), logs on stderr.
+    r.insert(libc::SYS_write, vec![]);
+    // The VMA budget (`/proc/sys/vm/max_map_count`, `/proc/self/maps`) when a stitched mapping is
+    // planned or fails: read-only opens only.
+    r.insert(
+        libc::SYS_openat,
+        any_of([Ok(vec![eq(2, (libc::O_RDONLY | libc::O_CLOEXEC) as u64)?])])?,
+    );
+    r.insert(libc::SYS_read, vec![]);
+    r.insert(libc::SYS_close, vec![]);
+    // std checks that a descriptor is open before closing it (`fcntl(fd, F_GETFD)`, builds with
+    // debug assertions).
+    r.insert(
+        libc::SYS_fcntl,
+        any_of([Ok(vec![eq(1, libc::F_GETFD as u64)?])])?,
+    );
+    // Stitching checks its files' sizes; std reads /proc files with a size hint.
+    r.insert(libc::SYS_statx, vec![]);
+    r.insert(libc::SYS_fstat, vec![]);
+    r.insert(libc::SYS_newfstatat, vec![]);
+    r.insert(libc::SYS_lseek, vec![]);
+    Ok(())
+}
+
+fn run(r: &mut Rules, p: &Params) -> Result<(), seccompiler::BackendError> {
+    // Kicks: the kick signal, to a thread of this process only (glibc's pthread_kill asks for the
+    // pid first).
+    r.insert(
+        libc::SYS_tgkill,
+        any_of([Ok(vec![
+            eq(0, u64::from(p.pid))?,
+            eq(2, p.kick_signal as u64)?,
+        ])])?,
+    );
+    r.insert(libc::SYS_getpid, vec![]);
+    // SIGUSR1 memory dumps on stderr (and logs on stdout or stderr).
+    r.insert(
+        libc::SYS_write,
+        any_of([1u64, 2].map(|fd| Ok(vec![eq(0, fd)?])))?,
+    );
+    Ok(())
+}
+
+/// The allowlist of `kind`: system call number → argument rules (empty: any arguments).
+pub fn rules(
+    kind: ThreadKind,
+    params: &Params,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
+    let mut r = Rules::new();
+    let built = common(&mut r).and_then(|()| match kind {
+        ThreadKind::Vcpu => vcpu(&mut r),
+        ThreadKind::Run => run(&mut r, params),
+    });
+    built.map_err(|source| SeccompError::Compile { kind, source })?;
+    Ok(r)
+}
+
+/// Compiles the filter of `kind` for x86-64: allowed calls pass, anything else traps (SIGSYS).
+pub fn compile(kind: ThreadKind, params: &Params) -> Result<BpfProgram, SeccompError> {
+    let err = |source| SeccompError::Compile { kind, source };
+    let filter = SeccompFilter::new(
+        rules(kind, params)?,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(err)?;
+    BpfProgram::try_from(filter).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Params {
+        Params::for_this_process(libc::SIGRTMIN())
+    }
+
+    #[test]
+    fn every_filter_compiles_for_x86_64() {
+        for kind in ThreadKind::ALL {
+            let prog = compile(kind, &params()).unwrap();
+            assert!(!prog.is_empty(), "{kind}");
+            // A classic BPF program has at most 4096 instructions.
+            assert!(prog.len() <= 4096, "{kind}: {} instructions", prog.len());
+        }
+    }
+
+    #[test]
+    fn kvm_request_numbers_match_the_kernel_headers() {
+        assert_eq!(ioctls::KVM_RUN(), 0xAE80);
+        assert_eq!(ioctls::KVM_GET_REGS(), 0x8090_AE81);
+        assert_eq!(ioctls::KVM_SET_USER_MEMORY_REGION(), 0x4020_AE46);
+    }
+
+    #[test]
+    fn lists_differ_where_the_threads_do() {
+        let vcpu = rules(ThreadKind::Vcpu, &params()).unwrap();
+        let run = rules(ThreadKind::Run, &params()).unwrap();
+        for nr in [
+            libc::SYS_ioctl,
+            libc::SYS_openat,
+            libc::SYS_read,
+            libc::SYS_close,
+        ] {
+            assert!(vcpu.contains_key(&nr) && !run.contains_key(&nr), "{nr}");
+        }
+        assert!(run.contains_key(&libc::SYS_tgkill) && !vcpu.contains_key(&libc::SYS_tgkill));
+        for forbidden in [
+            libc::SYS_socket,
+            libc::SYS_execve,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_fork,
+            libc::SYS_ptrace,
+            libc::SYS_kill,
+            libc::SYS_memfd_create,
+        ] {
+            assert!(
+                !vcpu.contains_key(&forbidden) && !run.contains_key(&forbidden),
+                "{forbidden}"
+            );
+        }
+    }
+}
