@@ -31,7 +31,8 @@ pub struct PageTables {
     pub bytes: Vec<u8>,
 }
 
-fn blocks(ranges: &[(u64, u64)]) -> Result<Vec<u64>, PagingError> {
+/// The 2 MiB-aligned runs `[start, end)` covering `ranges`, sorted and merged.
+fn runs(ranges: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, PagingError> {
     let mut out = Vec::new();
     for &(start, size) in ranges {
         if size == 0 {
@@ -41,43 +42,49 @@ fn blocks(ranges: &[(u64, u64)]) -> Result<Vec<u64>, PagingError> {
             .checked_add(size)
             .filter(|&e| e <= crate::layout::MAX_GPA)
             .ok_or(PagingError::NotCanonical { start, size })?;
-        let mut b = start & !(LARGE_PAGE - 1);
-        while b < end {
-            out.push(b);
-            b += LARGE_PAGE;
-        }
+        out.push((start & !(LARGE_PAGE - 1), end.next_multiple_of(LARGE_PAGE)));
     }
     out.sort_unstable();
-    out.dedup();
-    Ok(out)
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(out.len());
+    for (s, e) in out {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    Ok(merged)
 }
 
-/// The 2 MiB blocks to map, worked out once; [`Plan::size`] tells how much room the tables need
-/// and [`Plan::build`] lays them out once their address is known.
+/// The 2 MiB blocks to map (as merged runs), worked out once; [`Plan::size`] tells how much room
+/// the tables need (in closed form, whatever the size of the ranges) and [`Plan::build`] lays
+/// them out once their address is known.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    blocks: Vec<u64>,
+    runs: Vec<(u64, u64)>,
     tables: u64,
 }
 
 impl Plan {
     /// Plans identity tables mapping every 2 MiB block touched by `ranges` (start, size).
     pub fn new(ranges: &[(u64, u64)]) -> Result<Self, PagingError> {
-        let blocks = blocks(ranges)?;
-        // Blocks are sorted, so equal table indices are adjacent.
+        let runs = runs(ranges)?;
+        // Distinct table indices at one level: each run covers a contiguous span of indices;
+        // runs are sorted, so a span can only share its first index with the previous run's last.
         let distinct = |shift: u32| {
             let mut n = 0u64;
-            let mut last = None;
-            for b in &blocks {
-                if last != Some(b >> shift) {
-                    n += 1;
-                    last = Some(b >> shift);
+            let mut last: Option<u64> = None;
+            for &(s, e) in &runs {
+                let (first, end) = (s >> shift, (e - 1) >> shift);
+                n += end - first + 1;
+                if last == Some(first) {
+                    n -= 1;
                 }
+                last = Some(end);
             }
             n
         };
         let tables = 1 + distinct(39) + distinct(30);
-        Ok(Self { blocks, tables })
+        Ok(Self { runs, tables })
     }
 
     /// Bytes of tables [`Plan::build`] produces.
@@ -96,7 +103,11 @@ impl Plan {
             let at = table * 4096 + (idx as usize) * 8;
             bytes[at..at + 8].copy_from_slice(&val.to_le_bytes());
         };
-        for &addr in &self.blocks {
+        let blocks = self
+            .runs
+            .iter()
+            .flat_map(|&(s, e)| (s..e).step_by(LARGE_PAGE as usize));
+        for addr in blocks {
             let (l4, l3, l2) = ((addr >> 39) & 511, (addr >> 30) & 511, (addr >> 21) & 511);
             let pdpt_t = match pdpt {
                 Some((k, t)) if k == addr >> 39 => t,
@@ -196,5 +207,44 @@ mod tests {
             Err(PagingError::NotCanonical { .. })
         ));
         assert!(build(0, &[(u64::MAX, 2)]).is_err());
+    }
+
+    /// Table count by brute force: one PML4, one PDPT per distinct 512 GiB index, one PD per
+    /// distinct 1 GiB index among the touched 2 MiB blocks.
+    fn naive_tables(ranges: &[(u64, u64)]) -> u64 {
+        let mut blocks = std::collections::BTreeSet::new();
+        for &(s, n) in ranges {
+            let mut b = s & !(LARGE_PAGE - 1);
+            while b < s + n {
+                blocks.insert(b);
+                b += LARGE_PAGE;
+            }
+        }
+        let l4: std::collections::BTreeSet<u64> = blocks.iter().map(|b| b >> 39).collect();
+        let l3: std::collections::BTreeSet<u64> = blocks.iter().map(|b| b >> 30).collect();
+        1 + l4.len() as u64 + l3.len() as u64
+    }
+
+    #[test]
+    fn table_count_is_closed_form_and_matches_brute_force() {
+        const G: u64 = 1 << 30;
+        let cases: Vec<Vec<(u64, u64)>> = vec![
+            vec![(0, 64 << 20)],
+            vec![(0, 64 << 20), (64 << 20, 4096)],
+            vec![(0, 3 * G), (3 * G - 4096, 2 * G)],
+            vec![(G - 4096, 8192), (G + 4096, 4096)],
+            vec![(5 * G, G), (0, 4096), (5 * G + 4096, 4096)],
+            vec![(511 << 30, 2 * G), (1 << 40, 1 << 33)],
+            vec![(0, 1), (1, 1), (LARGE_PAGE, 1)],
+        ];
+        for ranges in cases {
+            let plan = Plan::new(&ranges).unwrap();
+            assert_eq!(plan.size() / 4096, naive_tables(&ranges), "{ranges:x?}");
+            assert_eq!(plan.build(0).bytes.len() as u64, plan.size(), "{ranges:x?}");
+        }
+        // A 32 TiB window is planned without visiting its blocks.
+        let plan = Plan::new(&[(1 << 40, 32 << 40)]).unwrap();
+        // One PML4, 64 PDPTs (512 GiB each), 32768 PDs (1 GiB each).
+        assert_eq!(plan.size() / 4096, 1 + 64 + (32 << 10));
     }
 }
