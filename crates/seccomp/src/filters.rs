@@ -5,7 +5,8 @@
 //! management for the allocator (glibc arenas grow with `mprotect`, shrink with `madvise`/
 //! `munmap`, big blocks are `mmap`ed and `mremap`ed), futexes (locks, condition variables,
 //! `ArcSwap`), the signal return path and thread exit (std's alternate signal stack, glibc's
-//! stack advice), clocks, `getrandom` (std's per-thread hash keys) and the exit calls.
+//! stack advice), clocks, `getrandom` (std's per-thread hash keys), the exit calls, and what
+//! `abort()` needs to raise SIGABRT (so a `panic = "abort"` build still aborts).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -134,10 +135,27 @@ fn common(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
     // Thread exit; `exit_group` also ends the process from the SIGSYS handler.
     r.insert(libc::SYS_exit, vec![]);
     r.insert(libc::SYS_exit_group, vec![]);
+    // `abort()` (a panic in a `panic = "abort"` build, std's stack-overflow report) raises
+    // SIGABRT with `tgkill(getpid(), gettid(), SIGABRT)`: see [`signals`].
+    r.insert(libc::SYS_getpid, vec![]);
+    r.insert(libc::SYS_gettid, vec![]);
     Ok(())
 }
 
-fn vcpu(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
+/// `tgkill` to threads of this process only, with SIGABRT (so that `abort()` still aborts) or one
+/// of `extra`.
+fn signals(r: &mut Rules, p: &Params, extra: &[i32]) -> Result<(), seccompiler::BackendError> {
+    let rules = any_of(
+        std::iter::once(libc::SIGABRT)
+            .chain(extra.iter().copied())
+            .map(|sig| Ok(vec![eq(0, u64::from(p.pid))?, eq(2, sig as u64)?])),
+    )?;
+    r.insert(libc::SYS_tgkill, rules);
+    Ok(())
+}
+
+fn vcpu(r: &mut Rules, p: &Params) -> Result<(), seccompiler::BackendError> {
+    signals(r, p, &[])?;
     // KVM: run, read RIP for fault reports, and change memory slots when a guest register write
     // (CXL decoder commit, scratch-window switch) changes the memory map on this thread.
     r.insert(
@@ -171,21 +189,13 @@ fn vcpu(r: &mut Rules) -> Result<(), seccompiler::BackendError> {
     r.insert(libc::SYS_statx, vec![]);
     r.insert(libc::SYS_fstat, vec![]);
     r.insert(libc::SYS_newfstatat, vec![]);
-    r.insert(libc::SYS_lseek, vec![]);
     Ok(())
 }
 
 fn run(r: &mut Rules, p: &Params) -> Result<(), seccompiler::BackendError> {
-    // Kicks: the kick signal, to a thread of this process only (glibc's pthread_kill asks for the
-    // pid first).
-    r.insert(
-        libc::SYS_tgkill,
-        any_of([Ok(vec![
-            eq(0, u64::from(p.pid))?,
-            eq(2, p.kick_signal as u64)?,
-        ])])?,
-    );
-    r.insert(libc::SYS_getpid, vec![]);
+    // Kicks: the kick signal, to a thread of this process only (glibc's `pthread_kill` asks for
+    // the pid first).
+    signals(r, p, &[p.kick_signal])?;
     // SIGUSR1 memory dumps on stderr (and logs on stdout or stderr).
     r.insert(
         libc::SYS_write,
@@ -201,7 +211,7 @@ pub fn rules(
 ) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     let mut r = Rules::new();
     let built = common(&mut r).and_then(|()| match kind {
-        ThreadKind::Vcpu => vcpu(&mut r),
+        ThreadKind::Vcpu => vcpu(&mut r, params),
         ThreadKind::Run => run(&mut r, params),
     });
     built.map_err(|source| SeccompError::Compile { kind, source })?;
@@ -258,7 +268,9 @@ mod tests {
         ] {
             assert!(vcpu.contains_key(&nr) && !run.contains_key(&nr), "{nr}");
         }
-        assert!(run.contains_key(&libc::SYS_tgkill) && !vcpu.contains_key(&libc::SYS_tgkill));
+        // Both may abort; only the run thread kicks.
+        assert_eq!(vcpu[&libc::SYS_tgkill].len(), 1);
+        assert_eq!(run[&libc::SYS_tgkill].len(), 2);
         for forbidden in [
             libc::SYS_socket,
             libc::SYS_execve,

@@ -92,4 +92,73 @@ mod tests {
             t.join().unwrap();
         }
     }
+
+    /// Set in the children of the tests below: what the confined thread does.
+    const CHILD: &str = "CXLVM_SECCOMP_UNIT_CHILD";
+
+    /// Only does something as a child of the tests below: confines a thread of each kind in turn
+    /// and lets it do what `CHILD` says.
+    #[test]
+    fn child() {
+        let Some(what) = std::env::var_os(CHILD) else {
+            return;
+        };
+        install_sigsys_handler().unwrap();
+        let params = Params::for_this_process(libc::SIGRTMIN());
+        let kind = if what == "abort-run" {
+            ThreadKind::Run
+        } else {
+            ThreadKind::Vcpu
+        };
+        let prog = compile(kind, &params).unwrap();
+        std::thread::Builder::new()
+            .spawn(move || {
+                apply(kind, &prog, "confined").unwrap();
+                if what == "socket" {
+                    let _ = std::os::unix::net::UnixDatagram::unbound();
+                } else {
+                    std::process::abort();
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        eprintln!("the child survived");
+    }
+
+    fn run_child(what: &str) -> std::process::Output {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::child", "--nocapture", "--test-threads=1"])
+            .env(CHILD, what)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_forbidden_call_exits_159_with_the_report() {
+        let out = run_child("socket");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_STATUS), "{stderr}");
+        let v = Violation::find(&stderr).unwrap_or_else(|| panic!("no report: {stderr}"));
+        assert_eq!(
+            v,
+            Violation {
+                thread: "confined".into(),
+                syscall: libc::SYS_socket as u32
+            }
+        );
+    }
+
+    /// `abort()` (a panic with `panic = "abort"`) still aborts on a confined thread instead of
+    /// being reported as a forbidden `tgkill`.
+    #[test]
+    fn abort_still_aborts_under_each_filter() {
+        use std::os::unix::process::ExitStatusExt;
+        for what in ["abort-vcpu", "abort-run"] {
+            let out = run_child(what);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{what}: {stderr}");
+            assert_eq!(Violation::find(&stderr), None, "{what}: {stderr}");
+        }
+    }
 }
