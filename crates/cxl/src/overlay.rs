@@ -20,6 +20,18 @@ use crate::graph::DecodeGraph;
 use crate::planner::{self, BuildFailure, MmioReason, Piece, RangePlan};
 use crate::window::DeviceMemory;
 
+/// Why the overlays could not follow the decoders (the VM must stop: a mapping they no longer
+/// justify may remain).
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayFailure {
+    /// The memory map refused to place or remove an overlay (the first refusal).
+    #[error("CXL overlays: the memory map refused a change the decoders require: {0}")]
+    Refused(#[source] cxlvm_memory::MemoryError),
+    /// The transaction carrying the change failed.
+    #[error("CXL overlays: cannot apply the mappings the decoders require: {0}")]
+    Commit(#[source] cxlvm_memory::MemoryError),
+}
+
 /// Priority of overlays inside a window container (the dispatcher is at 0).
 pub const OVERLAY_PRIORITY: i32 = 1;
 
@@ -109,7 +121,7 @@ pub struct OverlayManager {
     mmio_only: Mutex<Vec<RangeState>>,
     /// Ranges already reported as slow for lack of VMA budget (reported once each).
     budget_warned: Mutex<std::collections::BTreeSet<(usize, u64, u64)>>,
-    fatal: Box<dyn Fn(String) + Send + Sync>,
+    fatal: Box<dyn Fn(OverlayFailure) + Send + Sync>,
 }
 
 fn same(a: &RangePlan, b: &RangePlan) -> bool {
@@ -188,7 +200,7 @@ impl OverlayManager {
         vma_budget: u64,
         graph: Arc<ArcSwap<DecodeGraph>>,
         direct: bool,
-        fatal: Box<dyn Fn(String) + Send + Sync>,
+        fatal: Box<dyn Fn(OverlayFailure) + Send + Sync>,
     ) -> Self {
         Self {
             space: Arc::downgrade(&space),
@@ -400,12 +412,15 @@ impl OverlayManager {
         };
         let mut space = space.lock().unwrap_or_else(|e| e.into_inner());
         let mut tx = space.begin();
-        let mut ok = true;
+        let mut refused: Option<cxlvm_memory::MemoryError> = None;
         let mut removed = Vec::new();
         for k in &stale {
             if let Some(i) = installed.get(k) {
                 for &r in &i.regions {
-                    ok &= tx.unplace(r).is_ok() && tx.remove(r).is_ok();
+                    if let Err(e) = tx.unplace(r).and_then(|()| tx.remove(r)) {
+                        error!("overlay removal refused: {e}");
+                        refused.get_or_insert(e);
+                    }
                 }
                 removed.push(*k);
             }
@@ -447,18 +462,16 @@ impl OverlayManager {
                     }
                     Err(e) => {
                         error!("window {w} [{hpa:#x}, ..): overlay rejected: {e}");
-                        ok = false;
+                        refused.get_or_insert(e);
                     }
                 }
             }
             added.push((plan.clone(), regions, mappings, stitched));
         }
-        if !ok {
+        if let Some(e) = refused {
             drop(tx);
             drop(space);
-            (self.fatal)(
-                "CXL overlays: the memory map refused a change the decoders require".into(),
-            );
+            (self.fatal)(OverlayFailure::Refused(e));
             return;
         }
         match tx.commit() {
@@ -505,9 +518,7 @@ impl OverlayManager {
             }
             Err(e) => {
                 drop(space);
-                (self.fatal)(format!(
-                    "CXL overlays: cannot apply the mappings the decoders require: {e}"
-                ));
+                (self.fatal)(OverlayFailure::Commit(e));
             }
         }
     }

@@ -55,7 +55,7 @@ pub struct OverlayOptions {
     /// Allow direct mappings at start (else everything stays on the MMIO path until enabled).
     pub direct: bool,
     /// Stops the VM when a mapping the decoders no longer justify cannot be removed.
-    pub fatal: Box<dyn Fn(String) + Send + Sync>,
+    pub fatal: Box<dyn Fn(crate::overlay::OverlayFailure) + Send + Sync>,
 }
 
 /// Root bus of host bridge `i`: each host bridge owns 16 buses, host bridge 0 from bus 0x10,

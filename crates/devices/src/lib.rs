@@ -12,5 +12,5 @@ mod pio;
 mod window;
 
 pub use legacy::{BootMark, ExitPort, NullDevice, Serial};
-pub use pio::{PioBus, PioDevice, PioError, PioWindow, StopReason, Stopper};
+pub use pio::{DeviceFailure, PioBus, PioDevice, PioError, PioWindow, StopReason, Stopper};
 pub use window::{ScratchWindow, WindowError};

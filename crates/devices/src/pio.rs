@@ -5,13 +5,50 @@ use std::sync::{Arc, Mutex};
 
 use cxlvm_memory::MmioHandler;
 
+/// A device failure that ends the run: which device, and the error, kept with its sources.
+#[derive(Clone, Debug)]
+pub struct DeviceFailure {
+    /// The device (or subsystem) that failed.
+    pub device: &'static str,
+    /// What failed.
+    pub error: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+impl DeviceFailure {
+    /// A failure of `device` caused by `error`.
+    pub fn new(
+        device: &'static str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            device,
+            error: Arc::new(error),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.device, self.error)
+    }
+}
+
+/// Two failures are equal when they are the same report (same device, same error object).
+impl PartialEq for DeviceFailure {
+    fn eq(&self, other: &Self) -> bool {
+        self.device == other.device && Arc::ptr_eq(&self.error, &other.error)
+    }
+}
+
+impl Eq for DeviceFailure {}
+
 /// Why a device asks the VM to stop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// The guest asked to exit with this status.
     Exit(u8),
-    /// A device hit an error it cannot hide from the guest (message for the user).
-    Fatal(String),
+    /// A device hit an error it cannot hide from the guest.
+    Fatal(DeviceFailure),
 }
 
 /// Where devices ask the VM to stop. The vCPU loop checks [`Stopper::requested`] after every
@@ -225,7 +262,10 @@ mod tests {
         let s = Stopper::default();
         assert!(!s.requested());
         s.request(StopReason::Exit(3));
-        s.request(StopReason::Fatal("later".into()));
+        s.request(StopReason::Fatal(DeviceFailure::new(
+            "test",
+            std::io::Error::other("later"),
+        )));
         assert!(s.requested());
         assert_eq!(s.reason(), Some(StopReason::Exit(3)));
     }

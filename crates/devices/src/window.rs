@@ -153,9 +153,11 @@ impl PioDevice for ScratchWindow {
         }
         let on = data.first().is_some_and(|b| b & 1 == 1);
         if let Err(e) = self.set_alias(on) {
-            self.stopper.request(StopReason::Fatal(format!(
-                "scratch window: cannot switch alias: {e}"
-            )));
+            self.stopper
+                .request(StopReason::Fatal(crate::pio::DeviceFailure::new(
+                    "scratch window alias switch",
+                    e,
+                )));
         }
     }
 }

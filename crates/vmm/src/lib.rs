@@ -9,7 +9,9 @@ mod run;
 
 pub use config::{ConfigError, InputFileError, MachineConfig, SerialOut, read_input_file};
 pub use machine::Machine;
-pub use report::{FaultKind, MemoryState, Outcome, RunReport, Stats, ViewRange, WindowState};
+pub use report::{
+    FaultKind, MemoryState, Outcome, RunError, RunReport, Stats, ViewRange, WindowState,
+};
 
 /// Errors building or running a machine.
 #[derive(Debug, thiserror::Error)]

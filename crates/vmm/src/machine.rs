@@ -44,7 +44,12 @@ fn overlay_options(direct: bool, budget: Option<u64>, stopper: &Arc<Stopper>) ->
     OverlayOptions {
         vma_budget,
         direct,
-        fatal: Box::new(move |msg| s.request(StopReason::Fatal(msg))),
+        fatal: Box::new(move |e| {
+            s.request(StopReason::Fatal(cxlvm_devices::DeviceFailure::new(
+                "CXL overlays",
+                e,
+            )))
+        }),
     }
 }
 

@@ -35,6 +35,40 @@ impl std::fmt::Display for FaultKind {
     }
 }
 
+/// A failure that ended the run (not the guest's doing).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// `KVM_RUN` itself failed.
+    #[error("vCPU {vcpu}: KVM_RUN failed: {source}")]
+    KvmRun {
+        /// vCPU index.
+        vcpu: u32,
+        /// The errno.
+        source: vmm_sys_util::errno::Error,
+    },
+    /// A device failed in a way it cannot hide from the guest.
+    #[error("{0}")]
+    Device(cxlvm_devices::DeviceFailure),
+    /// A thread could not install its seccomp filter (the error is `run`'s `Err`).
+    #[error("{thread}: cannot install its seccomp filter")]
+    Confine {
+        /// The thread.
+        thread: String,
+    },
+    /// A thread could not be started (the error is `run`'s `Err`).
+    #[error("a thread could not be started")]
+    ThreadStart,
+    /// The run thread panicked.
+    #[error("the run thread panicked")]
+    RunThreadPanicked,
+    /// A stop was requested with no reason recorded (a bug).
+    #[error("stop requested without a reason")]
+    NoReason,
+    /// The threads ended and nobody recorded an outcome (a bug).
+    #[error("run ended without an outcome")]
+    NoOutcome,
+}
+
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -56,7 +90,7 @@ pub enum Outcome {
     /// `--timeout` expired.
     Timeout(Duration),
     /// A device or KVM failed while the guest ran.
-    Error(String),
+    Error(RunError),
 }
 
 impl Outcome {
@@ -95,7 +129,7 @@ impl Outcome {
                 "guest still running after --timeout {:.1}s; stopped",
                 d.as_secs_f64()
             )),
-            Outcome::Error(e) => Some(e.clone()),
+            Outcome::Error(e) => Some(e.to_string()),
         }
     }
 }

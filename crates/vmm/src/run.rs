@@ -13,7 +13,7 @@ use cxlvm_seccomp::{BpfProgram, Params, SeccompError, ThreadKind};
 use tracing::{debug, error};
 use vmm_sys_util::signal::Killable;
 
-use crate::report::{FaultKind, Outcome, RunReport, Stats};
+use crate::report::{FaultKind, Outcome, RunError, RunReport, Stats};
 use crate::{Machine, VmmError};
 
 /// Shared by the vCPU threads and the thread that waits for them.
@@ -101,12 +101,13 @@ fn confine(kind: ThreadKind, filter: Option<&BpfProgram>, thread: &str, ctl: &Co
     match cxlvm_seccomp::apply(kind, filter, thread) {
         Ok(()) => true,
         Err(e) => {
-            let msg = format!("{thread}: {e}");
             ctl.confine_error
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get_or_insert(e);
-            ctl.finish(Outcome::Error(msg));
+            ctl.finish(Outcome::Error(RunError::Confine {
+                thread: thread.to_owned(),
+            }));
             false
         }
     }
@@ -170,18 +171,18 @@ fn vcpu_loop(mut vcpu: Vcpu, ctx: VcpuCtx) {
                 vcpu.clear_kick();
                 None
             }
-            Err(e) => Some(Outcome::Error(format!(
-                "vCPU {}: KVM_RUN failed: {e}",
-                vcpu.index()
-            ))),
+            Err(e) => Some(Outcome::Error(RunError::KvmRun {
+                vcpu: vcpu.index(),
+                source: e,
+            })),
         };
         if let Some(o) = result {
             ctl.finish(o);
         } else if ctx.stopper.requested() {
             ctl.finish(match ctx.stopper.reason() {
                 Some(StopReason::Exit(code)) => Outcome::Exit(code),
-                Some(StopReason::Fatal(msg)) => Outcome::Error(msg),
-                None => Outcome::Error("stop requested without a reason".into()),
+                Some(StopReason::Fatal(f)) => Outcome::Error(RunError::Device(f)),
+                None => Outcome::Error(RunError::NoReason),
             });
         }
     }
@@ -231,7 +232,7 @@ impl Machine {
             match h {
                 Ok(h) => handles.push(h),
                 Err(e) => {
-                    ctl.finish(Outcome::Error(String::new()));
+                    ctl.finish(Outcome::Error(RunError::ThreadStart));
                     stop_all(&handles);
                     return Err(VmmError::Thread(e));
                 }
@@ -255,9 +256,9 @@ impl Machine {
         });
         match waited {
             Ok(true) => {}
-            Ok(false) => ctl.finish(Outcome::Error("the run thread panicked".into())),
+            Ok(false) => ctl.finish(Outcome::Error(RunError::RunThreadPanicked)),
             Err(e) => {
-                ctl.finish(Outcome::Error(String::new()));
+                ctl.finish(Outcome::Error(RunError::ThreadStart));
                 stop_all(&handles);
                 for h in handles {
                     let _ = h.join();
@@ -285,7 +286,7 @@ impl Machine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .unwrap_or(Outcome::Error("run ended without an outcome".into()));
+            .unwrap_or(Outcome::Error(RunError::NoOutcome));
         let peak = proc_status_kib("VmHWM:");
         let shmem = proc_status_kib("RssShmem:");
         let stats = Stats {
