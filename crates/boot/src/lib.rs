@@ -203,6 +203,9 @@ pub enum BootError {
     /// The memory map has more entries than the zero page holds.
     #[error("memory map has {0} entries; the zero page holds 128")]
     MemoryMapTooLong(usize),
+    /// Guest RAM could not be mapped for loading.
+    #[error("mapping guest RAM for the loader: {0}")]
+    MapRam(#[source] std::io::Error),
     /// Writing to guest memory failed.
     #[error("writing the boot structures to guest memory: {0}")]
     Memory(#[from] vm_memory::GuestMemoryError),
@@ -214,7 +217,10 @@ pub enum BootError {
 impl BootError {
     /// Whether the user can fix it (a bad file or size), as opposed to an internal failure.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, BootError::Memory(_) | BootError::Pvh(_))
+        !matches!(
+            self,
+            BootError::Memory(_) | BootError::Pvh(_) | BootError::MapRam(_)
+        )
     }
 }
 
@@ -267,6 +273,34 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// One range of guest RAM: `size` bytes at guest-physical `gpa`, stored in `file` from `offset`.
+#[derive(Debug)]
+pub struct RamRange<'a> {
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// Bytes.
+    pub size: u64,
+    /// The backing file (a memfd).
+    pub file: &'a File,
+    /// Offset of `gpa` in `file`.
+    pub offset: u64,
+}
+
+/// A `vm-memory` view of guest RAM (its own shared mapping of the same files), for the loaders.
+pub fn guest_memory(ranges: &[RamRange<'_>]) -> Result<GuestMemoryMmap, BootError> {
+    let mut regions = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let file = r.file.try_clone().map_err(BootError::MapRam)?;
+        regions.push((
+            GuestAddress(r.gpa),
+            r.size as usize,
+            Some(vm_memory::FileOffset::new(file, r.offset)),
+        ));
+    }
+    GuestMemoryMmap::from_ranges_with_files(&regions)
+        .map_err(|e| BootError::MapRam(std::io::Error::other(e.to_string())))
 }
 
 /// Highest RAM address + 1 below 4 GiB in `map` (where the initrd must end).

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use cxlvm_vmm::{Machine, MachineConfig, SerialOut};
+use cxlvm_vmm::{Boot, LinuxKernel, Machine, MachineConfig, SerialOut};
 
 /// cxlvm — a KVM virtual machine monitor for CXL memory.
 #[derive(Parser)]
@@ -30,10 +30,28 @@ enum Command {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("boot").required(true).args(["guest", "kernel"])))]
 struct RunArgs {
-    /// Guest ELF image.
+    /// Test guest: a freestanding 64-bit ELF (docs/guest-abi.md), run at CPL3.
     #[arg(long, value_name = "ELF")]
-    guest: PathBuf,
+    guest: Option<PathBuf>,
+    /// Linux kernel: an ELF vmlinux (PVH entry) or a bzImage (docs/linux.md).
+    #[arg(long, value_name = "PATH", conflicts_with = "guest")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk for --kernel.
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// --kernel only: show the hypervisor CPUID bit (on) or hide it (off, the default: Linux
+    /// then commits CXL regions itself; it uses the TSC instead of kvmclock).
+    #[arg(
+        long,
+        value_name = "on|off",
+        value_enum,
+        default_value = "off",
+        num_args = 0..=1,
+        default_missing_value = "on"
+    )]
+    cpuid_hypervisor: Switch,
     /// Guest RAM, e.g. 64M, 1G, 0x4000000.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     memory: u64,
@@ -250,6 +268,18 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
             return Ok(2);
         }
     };
+    let boot = match (args.guest, args.kernel) {
+        (Some(g), _) => Boot::TestGuest(g),
+        (None, Some(kernel)) => Boot::Linux(LinuxKernel {
+            kernel,
+            initrd: args.initrd,
+            hypervisor_bit: args.cpuid_hypervisor.on(),
+        }),
+        (None, None) => {
+            eprintln!("cxlvm: --guest or --kernel is required");
+            return Ok(2);
+        }
+    };
     let cfg = MachineConfig {
         cxl,
         cxl_direct: args.cxl_direct.on(),
@@ -266,7 +296,7 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
         timeout,
         kvm_path: args.kvm,
         started: Some(started),
-        ..MachineConfig::new(args.guest)
+        ..MachineConfig::booting(boot)
     };
     let mut machine = match Machine::build(cfg) {
         Ok(m) => m,

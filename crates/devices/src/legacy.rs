@@ -11,25 +11,54 @@ use std::sync::Arc;
 
 use crate::{PioDevice, StopReason, Stopper};
 
-/// Interrupt line of the UART: cxlvm's test guests poll, so raising it does nothing.
-pub struct NoInterrupt;
+/// Interrupt line of the UART: none for test guests (they poll), or an eventfd that KVM's
+/// irqfd turns into an interrupt of the in-kernel irqchip (Linux guests).
+pub enum SerialIrq {
+    /// Raising it does nothing.
+    None,
+    /// Writing the eventfd raises the line.
+    EventFd(vmm_sys_util::eventfd::EventFd),
+}
 
-impl vm_superio::Trigger for NoInterrupt {
-    type E = std::convert::Infallible;
+impl vm_superio::Trigger for SerialIrq {
+    type E = std::io::Error;
     fn trigger(&self) -> Result<(), Self::E> {
-        Ok(())
+        match self {
+            SerialIrq::None => Ok(()),
+            SerialIrq::EventFd(e) => e.write(1),
+        }
     }
 }
 
 /// A 16550 UART (vm-superio) whose output goes to a writer (stdout, a file, a test buffer).
 pub struct Serial(
-    Mutex<vm_superio::Serial<NoInterrupt, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>,
+    Mutex<vm_superio::Serial<SerialIrq, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>,
 );
 
 impl Serial {
-    /// A UART writing to `out`.
+    /// A UART writing to `out`, without an interrupt line (test guests poll).
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self(Mutex::new(vm_superio::Serial::new(NoInterrupt, out)))
+        Self::with_irq(out, SerialIrq::None)
+    }
+
+    /// A UART writing to `out` that raises `irq` as a 16550 does.
+    pub fn with_irq(out: Box<dyn Write + Send>, irq: SerialIrq) -> Self {
+        Self(Mutex::new(vm_superio::Serial::new(irq, out)))
+    }
+
+    /// Queues console input for the guest (as if typed); bytes beyond the FIFO are dropped, so
+    /// callers feed it in small pieces. Returns how many were queued.
+    pub fn input(&self, bytes: &[u8]) -> usize {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let room = s.fifo_capacity();
+        let n = bytes.len().min(room);
+        match s.enqueue_raw_bytes(&bytes[..n]) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::debug!("serial input dropped: {e:?}");
+                0
+            }
+        }
     }
 }
 
@@ -157,5 +186,62 @@ mod tests {
         let s = Arc::new(Stopper::default());
         ExitPort(s.clone()).write(0, &[]);
         assert_eq!(s.reason(), Some(StopReason::Exit(0)));
+    }
+}
+
+/// The hardware-reduced ACPI power registers (FADT `SLEEP_CONTROL_REG` and `RESET_REG`, both one
+/// byte in I/O space): writing SLP_EN with the `_S5` sleep type powers the machine off, writing
+/// the reset value resets it. Both end the run.
+pub struct AcpiPower {
+    stopper: Arc<Stopper>,
+    /// The `_S5` SLP_TYP value the DSDT announces.
+    s5_type: u8,
+    /// The value the FADT names for `RESET_REG`.
+    reset_value: u8,
+}
+
+/// Offsets of [`AcpiPower`]'s registers from its base port.
+pub mod acpi_power {
+    /// Sleep control register (SLP_TYP in bits 4:2, SLP_EN bit 5).
+    pub const SLEEP_CONTROL: u16 = 0;
+    /// Sleep status register (WAK_STS bit 7; reads 0).
+    pub const SLEEP_STATUS: u16 = 1;
+    /// Reset register.
+    pub const RESET: u16 = 2;
+    /// Ports the device spans.
+    pub const LEN: u16 = 3;
+    /// SLP_EN.
+    pub const SLP_EN: u8 = 1 << 5;
+}
+
+impl AcpiPower {
+    /// Power registers that stop the run through `stopper`.
+    pub fn new(stopper: Arc<Stopper>, s5_type: u8, reset_value: u8) -> Self {
+        Self {
+            stopper,
+            s5_type,
+            reset_value,
+        }
+    }
+}
+
+impl PioDevice for AcpiPower {
+    fn read(&self, _offset: u16, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&self, offset: u16, data: &[u8]) {
+        let Some(&v) = data.first() else { return };
+        match offset {
+            acpi_power::SLEEP_CONTROL
+                if v & acpi_power::SLP_EN != 0 && (v >> 2) & 7 == self.s5_type =>
+            {
+                self.stopper.request(StopReason::PowerOff);
+            }
+            acpi_power::RESET if v == self.reset_value => {
+                self.stopper.request(StopReason::Reset);
+            }
+            _ => tracing::debug!("ACPI power register {offset} written with {v:#x}: ignored"),
+        }
     }
 }

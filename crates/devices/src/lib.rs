@@ -11,6 +11,6 @@ mod legacy;
 mod pio;
 mod window;
 
-pub use legacy::{BootMark, ExitPort, NullDevice, Serial};
+pub use legacy::{AcpiPower, BootMark, ExitPort, NullDevice, Serial, SerialIrq, acpi_power};
 pub use pio::{DeviceFailure, PioBus, PioDevice, PioError, PioWindow, StopReason, Stopper};
 pub use window::{ScratchWindow, WindowError};

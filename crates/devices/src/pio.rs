@@ -49,6 +49,10 @@ pub enum StopReason {
     Exit(u8),
     /// A device hit an error it cannot hide from the guest.
     Fatal(DeviceFailure),
+    /// The guest powered the machine off (ACPI S5).
+    PowerOff,
+    /// The guest reset the machine (ACPI reset register).
+    Reset,
 }
 
 /// Where devices ask the VM to stop. The vCPU loop checks [`Stopper::requested`] after every

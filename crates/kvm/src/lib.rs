@@ -18,7 +18,7 @@ use kvm_ioctls::{Kvm, VmFd};
 
 pub use kvm_ioctls::VcpuExit;
 pub use slots::{SlotInfo, SlotListener, SlotTable};
-pub use vcpu::{EntryState, ExitDetails, Vcpu, install_kick_handler, kick_signal};
+pub use vcpu::{EntryState, ExitDetails, LinuxEntry, Vcpu, install_kick_handler, kick_signal};
 
 /// Errors of the KVM layer.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +151,27 @@ impl Vm {
             .create_vcpu(u64::from(index))
             .map_err(ioctl("CREATE_VCPU"))?;
         Ok(Vcpu::new(fd, index))
+    }
+
+    /// Creates KVM's in-kernel interrupt controllers (PIC, IOAPIC, and a LAPIC per vCPU created
+    /// afterwards) and the PIT, as a Linux guest expects. Call before creating vCPUs.
+    pub fn create_irqchip_and_pit(&self) -> Result<(), KvmError> {
+        self.fd.create_irq_chip().map_err(ioctl("CREATE_IRQCHIP"))?;
+        let pit = kvm_bindings::kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        self.fd.create_pit2(pit).map_err(ioctl("CREATE_PIT2"))?;
+        Ok(())
+    }
+
+    /// Raises interrupt line `gsi` of the in-kernel irqchip whenever `event` is written.
+    pub fn register_irqfd(
+        &self,
+        event: &vmm_sys_util::eventfd::EventFd,
+        gsi: u32,
+    ) -> Result<(), KvmError> {
+        self.fd.register_irqfd(event, gsi).map_err(ioctl("IRQFD"))
     }
 
     /// Number of memory slots KVM offers.

@@ -24,6 +24,31 @@ pub struct EntryState {
     pub cpuid: CpuId,
 }
 
+/// How a vCPU starts when it boots Linux.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinuxEntry {
+    /// The boot processor entering through PVH (32-bit, paging off).
+    Pvh {
+        /// Entry point.
+        rip: u64,
+        /// `hvm_start_info` address (RBX).
+        start_info: u64,
+    },
+    /// The boot processor entering through the 64-bit boot protocol.
+    Linux64 {
+        /// Entry point.
+        rip: u64,
+        /// Zero page address (RSI).
+        zero_page: u64,
+        /// Identity page tables (CR3).
+        pml4: u64,
+        /// GDT address.
+        gdt: u64,
+    },
+    /// An application processor: waits for INIT/SIPI from the boot processor (in-kernel LAPIC).
+    WaitForSipi,
+}
+
 /// Details of an exit the guest cannot continue from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExitDetails {
@@ -116,6 +141,102 @@ impl Vcpu {
         xcrs.xcrs[0].xcr = 0;
         xcrs.xcrs[0].value = xcr0;
         self.fd.set_xcrs(&xcrs).map_err(ioctl("SET_XCRS"))?;
+        Ok(())
+    }
+
+    /// Sets vCPU `self.index()` of `count` up to boot Linux: CPUID (APIC ids, topology, the
+    /// hypervisor bit as chosen), boot MSRs, FPU, LAPIC LINT0 as ExtINT and LINT1 as NMI, and
+    /// for the boot processor its entry registers. Needs the in-kernel irqchip.
+    pub fn configure_linux(
+        &self,
+        cpuid: &CpuId,
+        count: u32,
+        hypervisor: bool,
+        entry: LinuxEntry,
+    ) -> Result<(), KvmError> {
+        use cxlvm_x86::linux;
+        let mut cpuid = cpuid.clone();
+        linux::linux_cpuid(&mut cpuid, self.index, count, hypervisor);
+        self.fd.set_cpuid2(&cpuid).map_err(ioctl("SET_CPUID2"))?;
+        let msrs: Vec<kvm_bindings::kvm_msr_entry> = linux::boot_msrs()
+            .into_iter()
+            .map(|(index, data)| kvm_bindings::kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        let msrs = kvm_bindings::Msrs::from_entries(&msrs).map_err(|_| KvmError::Ioctl {
+            what: "SET_MSRS (too many entries)",
+            source: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
+        let set = self.fd.set_msrs(&msrs).map_err(ioctl("SET_MSRS"))?;
+        if set != msrs.as_slice().len() {
+            tracing::debug!(
+                vcpu = self.index,
+                "KVM accepted {set} of {} boot MSRs",
+                msrs.as_slice().len()
+            );
+        }
+        self.fd
+            .set_fpu(&cxlvm_x86::cpu::entry_fpu())
+            .map_err(ioctl("SET_FPU"))?;
+        self.set_lint()?;
+        match entry {
+            LinuxEntry::Pvh { rip, start_info } => {
+                let s = self.fd.get_sregs().map_err(ioctl("GET_SREGS"))?;
+                self.fd
+                    .set_sregs(&linux::pvh_sregs(s))
+                    .map_err(ioctl("SET_SREGS"))?;
+                self.fd
+                    .set_regs(&linux::pvh_regs(rip, start_info))
+                    .map_err(ioctl("SET_REGS"))?;
+            }
+            LinuxEntry::Linux64 {
+                rip,
+                zero_page,
+                pml4,
+                gdt,
+            } => {
+                let s = self.fd.get_sregs().map_err(ioctl("GET_SREGS"))?;
+                self.fd
+                    .set_sregs(&linux::long_mode_sregs(s, pml4, gdt))
+                    .map_err(ioctl("SET_SREGS"))?;
+                self.fd
+                    .set_regs(&linux::long_mode_regs(rip, zero_page))
+                    .map_err(ioctl("SET_REGS"))?;
+            }
+            LinuxEntry::WaitForSipi => {
+                let mp = kvm_bindings::kvm_mp_state {
+                    mp_state: kvm_bindings::KVM_MP_STATE_UNINITIALIZED,
+                };
+                self.fd.set_mp_state(mp).map_err(ioctl("SET_MP_STATE"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// LAPIC LVT LINT0 = ExtINT (the PIC), LINT1 = NMI, as firmware leaves them.
+    fn set_lint(&self) -> Result<(), KvmError> {
+        const LVT_LINT0: usize = 0x350;
+        const LVT_LINT1: usize = 0x360;
+        const DELIVERY_EXTINT: u32 = 0x7 << 8;
+        const DELIVERY_NMI: u32 = 0x4 << 8;
+        let mut lapic = self.fd.get_lapic().map_err(ioctl("GET_LAPIC"))?;
+        let get = |l: &kvm_bindings::kvm_lapic_state, off: usize| {
+            let b: Vec<u8> = l.regs[off..off + 4].iter().map(|&c| c as u8).collect();
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        };
+        let put = |l: &mut kvm_bindings::kvm_lapic_state, off: usize, v: u32| {
+            for (i, byte) in v.to_le_bytes().iter().enumerate() {
+                l.regs[off + i] = *byte as _;
+            }
+        };
+        let lint0 = (get(&lapic, LVT_LINT0) & !0x700) | DELIVERY_EXTINT;
+        let lint1 = (get(&lapic, LVT_LINT1) & !0x700) | DELIVERY_NMI;
+        put(&mut lapic, LVT_LINT0, lint0);
+        put(&mut lapic, LVT_LINT1, lint1);
+        self.fd.set_lapic(&lapic).map_err(ioctl("SET_LAPIC"))?;
         Ok(())
     }
 

@@ -33,6 +33,15 @@ pub fn read_input_file(path: &std::path::Path) -> Result<Vec<u8>, InputFileError
     Ok(bytes)
 }
 
+/// Checks that an input file exists and is a regular file (without reading it).
+pub fn read_input_file_meta(path: &std::path::Path) -> Result<(), InputFileError> {
+    if std::fs::metadata(path)?.is_file() {
+        Ok(())
+    } else {
+        Err(InputFileError::NotRegular)
+    }
+}
+
 /// Where the serial console goes.
 pub enum SerialOut {
     /// cxlvm's stdout.
@@ -45,10 +54,31 @@ pub enum SerialOut {
     Null,
 }
 
+/// A Linux kernel to boot (instead of a test guest).
+#[derive(Clone, Debug)]
+pub struct LinuxKernel {
+    /// ELF `vmlinux` with a PVH note, or a bzImage.
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Show CPUID.1:ECX[31] (the hypervisor bit). Linux refuses to commit CXL regions itself
+    /// when it sees it; without it the guest has no kvmclock and uses the TSC.
+    pub hypervisor_bit: bool,
+}
+
+/// What the machine boots.
+#[derive(Clone, Debug)]
+pub enum Boot {
+    /// A freestanding test guest (docs/guest-abi.md) at CPL3.
+    TestGuest(PathBuf),
+    /// A Linux kernel with in-kernel interrupt controllers, ACPI and the boot protocols.
+    Linux(LinuxKernel),
+}
+
 /// A machine description.
 pub struct MachineConfig {
-    /// Guest ELF image.
-    pub guest: PathBuf,
+    /// What to boot.
+    pub boot: Boot,
     /// Guest RAM in bytes.
     pub memory: u64,
     /// Number of vCPUs.
@@ -77,10 +107,15 @@ pub struct MachineConfig {
 }
 
 impl MachineConfig {
-    /// A config with defaults: 64 MiB, 1 vCPU, serial to stdout, `/dev/kvm`.
+    /// A test-guest config with defaults: 64 MiB, 1 vCPU, serial to stdout, `/dev/kvm`.
     pub fn new(guest: impl Into<PathBuf>) -> Self {
+        Self::booting(Boot::TestGuest(guest.into()))
+    }
+
+    /// A config booting `boot`, with the defaults of [`MachineConfig::new`].
+    pub fn booting(boot: Boot) -> Self {
         Self {
-            guest: guest.into(),
+            boot,
             memory: 64 << 20,
             vcpus: 1,
             cmdline: String::new(),
@@ -176,6 +211,17 @@ pub enum ConfigError {
     /// A CXL device's file or memory cannot be used.
     #[error("CXL topology: {0}")]
     Platform(#[source] cxlvm_cxl::platform::PlatformError),
+    /// The initrd cannot be read.
+    #[error("cannot read initrd {path}: {source}")]
+    InitrdUnreadable {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: InputFileError,
+    },
+    /// The kernel or initrd cannot be booted.
+    #[error(transparent)]
+    Boot(cxlvm_boot::BootError),
     /// Serial file cannot be created.
     #[error("cannot create serial output file {path}: {source}")]
     SerialFile {

@@ -3,14 +3,18 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod linux;
 mod machine;
 mod report;
 mod run;
 
-pub use config::{ConfigError, InputFileError, MachineConfig, SerialOut, read_input_file};
+pub use config::{
+    Boot, ConfigError, InputFileError, LinuxKernel, MachineConfig, SerialOut, read_input_file,
+};
 pub use machine::Machine;
 pub use report::{
-    FaultKind, MemoryState, Outcome, RunError, RunReport, Stats, ViewRange, WindowState,
+    FaultKind, MemoryState, Outcome, RESET_STATUS, RunError, RunReport, Stats, ViewRange,
+    WindowState,
 };
 
 /// Errors building or running a machine.
@@ -40,6 +44,15 @@ pub enum VmmError {
     /// The CXL platform could not be built (not the user's input: an internal or host failure).
     #[error(transparent)]
     Platform(cxlvm_cxl::platform::PlatformError),
+    /// Loading the kernel failed inside cxlvm (not the image's fault).
+    #[error("kernel boot: {0}")]
+    Boot(#[source] cxlvm_boot::BootError),
+    /// An eventfd could not be created.
+    #[error("eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// Guest RAM has no file to map for the kernel loader.
+    #[error("guest RAM is not file-backed")]
+    NoRamFile,
     /// The boot info outgrew its room (the configuration limits should make this impossible).
     #[error("boot info is {size} bytes, room for {room}")]
     BootInfoTooLarge {

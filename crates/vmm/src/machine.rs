@@ -25,7 +25,7 @@ use cxlvm_devices::{PioDevice, StopReason};
 use crate::config::{ConfigError, MachineConfig, SerialOut};
 
 /// Where the CXL platform's fixed ranges go.
-const CXL_LAYOUT: PlatformLayout = PlatformLayout {
+pub(crate) const CXL_LAYOUT: PlatformLayout = PlatformLayout {
     ecam_base: layout::ECAM_BASE,
     chbcr_base: layout::CHBCR_BASE,
     aperture_base: layout::PCI_APERTURE_BASE,
@@ -34,7 +34,11 @@ const CXL_LAYOUT: PlatformLayout = PlatformLayout {
 
 /// Overlay options: the VMA budget defaults to what `vm.max_map_count` leaves after what the
 /// process uses now, minus a margin for everything else; failures stop the VM.
-fn overlay_options(direct: bool, budget: Option<u64>, stopper: &Arc<Stopper>) -> OverlayOptions {
+pub(crate) fn overlay_options(
+    direct: bool,
+    budget: Option<u64>,
+    stopper: &Arc<Stopper>,
+) -> OverlayOptions {
     let vma_budget = budget.unwrap_or_else(|| {
         let limit = cxlvm_stitch::vma_limit().unwrap_or(65530);
         let used = cxlvm_stitch::vmas_in_use().unwrap_or(1000);
@@ -54,10 +58,10 @@ fn overlay_options(direct: bool, budget: Option<u64>, stopper: &Arc<Stopper>) ->
 }
 
 /// Port 0x510: CXL direct-mapping control.
-struct CxlControl {
-    overlays: Arc<OverlayManager>,
-    dispatchers: Vec<Arc<WindowDispatcher>>,
-    baseline: AtomicU64,
+pub(crate) struct CxlControl {
+    pub(crate) overlays: Arc<OverlayManager>,
+    pub(crate) dispatchers: Vec<Arc<WindowDispatcher>>,
+    pub(crate) baseline: AtomicU64,
 }
 
 impl CxlControl {
@@ -82,7 +86,7 @@ impl PioDevice for CxlControl {
 }
 
 /// Port 0x514: MMIO accesses served by the CXL window dispatchers (exits), resettable.
-struct CxlExits(Arc<CxlControl>);
+pub(crate) struct CxlExits(pub(crate) Arc<CxlControl>);
 
 impl PioDevice for CxlExits {
     fn read(&self, _offset: u16, data: &mut [u8]) {
@@ -181,7 +185,7 @@ pub struct Machine {
     pub(crate) _vm: cxlvm_kvm::Vm,
 }
 
-fn serial_writer(out: SerialOut) -> Result<Box<dyn std::io::Write + Send>, ConfigError> {
+pub(crate) fn serial_writer(out: SerialOut) -> Result<Box<dyn std::io::Write + Send>, ConfigError> {
     Ok(match out {
         SerialOut::Stdout => Box::new(std::io::stdout()),
         SerialOut::File(p) => {
@@ -203,8 +207,15 @@ impl Machine {
     pub fn build(cfg: MachineConfig) -> Result<Self, VmmError> {
         let started = cfg.started.unwrap_or_else(Instant::now);
         cfg.check()?;
-        let path = cfg.guest.display().to_string();
-        let file = crate::config::read_input_file(&cfg.guest).map_err(|source| {
+        let guest = match &cfg.boot {
+            crate::config::Boot::TestGuest(g) => g.clone(),
+            crate::config::Boot::Linux(k) => {
+                let k = k.clone();
+                return crate::linux::build(cfg, k, started);
+            }
+        };
+        let path = guest.display().to_string();
+        let file = crate::config::read_input_file(&guest).map_err(|source| {
             ConfigError::GuestUnreadable {
                 path: path.clone(),
                 source,

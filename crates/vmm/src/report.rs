@@ -69,6 +69,9 @@ pub enum RunError {
     NoOutcome,
 }
 
+/// cxlvm's exit status when the guest resets the machine (`reboot`).
+pub const RESET_STATUS: i32 = 3;
+
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -89,6 +92,10 @@ pub enum Outcome {
     },
     /// `--timeout` expired.
     Timeout(Duration),
+    /// The guest powered off (ACPI S5): status 0.
+    PowerOff,
+    /// The guest reset the machine: status [`RESET_STATUS`] (cxlvm does not reboot it).
+    Reset,
     /// A device or KVM failed while the guest ran.
     Error(RunError),
 }
@@ -100,13 +107,18 @@ impl Outcome {
             Outcome::Exit(c) => i32::from(*c),
             Outcome::Fault { .. } | Outcome::Error(_) => 1,
             Outcome::Timeout(_) => 124,
+            Outcome::PowerOff => 0,
+            Outcome::Reset => RESET_STATUS,
         }
     }
 
     /// One-line description for the user (None for a normal exit).
     pub fn message(&self) -> Option<String> {
         match self {
-            Outcome::Exit(_) => None,
+            Outcome::Exit(_) | Outcome::PowerOff => None,
+            Outcome::Reset => {
+                Some("guest reset the machine; cxlvm ends the run (no reboot)".into())
+            }
             Outcome::Fault {
                 vcpu,
                 kind,

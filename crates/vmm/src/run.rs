@@ -182,6 +182,8 @@ fn vcpu_loop(mut vcpu: Vcpu, ctx: VcpuCtx) {
             ctl.finish(match ctx.stopper.reason() {
                 Some(StopReason::Exit(code)) => Outcome::Exit(code),
                 Some(StopReason::Fatal(f)) => Outcome::Error(RunError::Device(f)),
+                Some(StopReason::PowerOff) => Outcome::PowerOff,
+                Some(StopReason::Reset) => Outcome::Reset,
                 None => Outcome::Error(RunError::NoReason),
             });
         }

@@ -10,4 +10,5 @@ pub mod bootinfo;
 pub mod cpu;
 pub mod elf;
 pub mod layout;
+pub mod linux;
 pub mod paging;

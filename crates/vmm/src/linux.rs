@@ -1,0 +1,276 @@
+//! Building a machine that boots Linux: in-kernel interrupt controllers and PIT, the 16550 on
+//! IRQ 4, ACPI power registers, the e820/PVH memory map, and the kernel loaded through
+//! `cxlvm-boot`. The CXL platform is the same as for test guests.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use cxlvm_boot::{Entry, LinuxBoot, MemEntry, MemKind, RamRange};
+use cxlvm_cxl::platform::CxlPlatform;
+use cxlvm_cxl::topology::AddressLimits;
+use cxlvm_devices::{AcpiPower, PioBus, Serial, SerialIrq, Stopper, acpi_power};
+use cxlvm_kvm::{Hypervisor, LinuxEntry, SlotTable};
+use cxlvm_memory::{AddressSpace, RamBacking};
+use cxlvm_x86::layout::{self, ports};
+use tracing::info;
+
+use crate::config::{ConfigError, LinuxKernel, MachineConfig};
+use crate::machine::{CXL_LAYOUT, CxlControl, CxlExits, overlay_options, serial_writer};
+use crate::{Machine, VmmError};
+
+/// The IOAPIC's MMIO page (KVM's in-kernel IOAPIC).
+pub const IOAPIC_BASE: u64 = 0xfec0_0000;
+/// The local APICs' MMIO page.
+pub const LAPIC_BASE: u64 = 0xfee0_0000;
+/// COM1's interrupt line (ISA IRQ 4, GSI 4).
+pub const COM1_GSI: u32 = 4;
+/// Base port of the ACPI power registers (sleep control, sleep status, reset).
+pub const ACPI_POWER_PORT: u16 = 0x600;
+/// The `_S5` sleep type the DSDT announces.
+pub const S5_SLEEP_TYPE: u8 = 5;
+/// The value the FADT names for the reset register.
+pub const RESET_VALUE: u8 = 0x0e;
+/// Where the ACPI tables go: the BIOS area below 1 MiB (reserved as ACPI data).
+pub const ACPI_BASE: u64 = 0xe_0000;
+/// Room for the ACPI tables.
+pub const ACPI_SIZE: u64 = 0x2_0000;
+
+/// The memory map Linux is given: RAM, the reserved EBDA/BIOS area (ACPI tables in it), the
+/// ECAM reserved (Linux wants MCFG regions reserved), the high RAM. CXL windows, CHBCRs and the
+/// BAR aperture are holes: neither RAM nor reserved.
+pub(crate) fn memory_map(ram: &[(u64, u64, u64)], ecam: Option<(u64, u64)>) -> Vec<MemEntry> {
+    let mut map = Vec::new();
+    for (i, &(gpa, size, _)) in ram.iter().enumerate() {
+        if i == 0 {
+            map.push(MemEntry {
+                base: 0,
+                size: cxlvm_boot::layout::LOW_RESERVED,
+                kind: MemKind::Ram,
+            });
+            map.push(MemEntry {
+                base: cxlvm_boot::layout::LOW_RESERVED,
+                size: ACPI_BASE - cxlvm_boot::layout::LOW_RESERVED,
+                kind: MemKind::Reserved,
+            });
+            map.push(MemEntry {
+                base: ACPI_BASE,
+                size: ACPI_SIZE,
+                kind: MemKind::Acpi,
+            });
+            map.push(MemEntry {
+                base: cxlvm_boot::layout::HIGH_MEMORY,
+                size: gpa + size - cxlvm_boot::layout::HIGH_MEMORY,
+                kind: MemKind::Ram,
+            });
+        } else {
+            map.push(MemEntry {
+                base: gpa,
+                size,
+                kind: MemKind::Ram,
+            });
+        }
+    }
+    if let Some((base, size)) = ecam {
+        map.push(MemEntry {
+            base,
+            size,
+            kind: MemKind::Reserved,
+        });
+    }
+    map.sort_by_key(|e| e.base);
+    map
+}
+
+/// Builds a machine booting `k` as `cfg` describes; input errors come before any KVM work.
+pub(crate) fn build(
+    cfg: MachineConfig,
+    k: LinuxKernel,
+    started: Instant,
+) -> Result<Machine, VmmError> {
+    let user = |e: cxlvm_boot::BootError| -> VmmError {
+        if e.is_user_error() {
+            ConfigError::Boot(e).into()
+        } else {
+            VmmError::Boot(e)
+        }
+    };
+    cxlvm_boot::detect(&k.kernel).map_err(user)?;
+    if let Some(i) = &k.initrd {
+        crate::config::read_input_file_meta(i).map_err(|source| ConfigError::InitrdUnreadable {
+            path: i.display().to_string(),
+            source,
+        })?;
+    }
+    if cfg.memory < cxlvm_boot::layout::HIGH_MEMORY * 16 {
+        return Err(ConfigError::Memory(cfg.memory).into());
+    }
+
+    let ram_ranges = layout::ram_ranges(cfg.memory);
+    let mut reserved: Vec<(u64, u64)> = ram_ranges.iter().map(|&(g, s, _)| (g, s)).collect();
+    reserved.push((IOAPIC_BASE, 0x1000));
+    reserved.push((LAPIC_BASE, 0x1000));
+    let mut topo = cfg.cxl;
+    if let Some(t) = topo.as_mut() {
+        let limits = AddressLimits {
+            reserved: reserved
+                .iter()
+                .map(|&(b, s)| (b, b + s, format!("platform range [{b:#x}, {:#x})", b + s)))
+                .collect(),
+            window_min: layout::CXL_WINDOW_MIN,
+            window_max: layout::CXL_WINDOW_MAX,
+        };
+        t.validate(&limits).map_err(ConfigError::Topology)?;
+    }
+    let serial_out = serial_writer(cfg.serial)?;
+    let cxl_files = match &topo {
+        Some(t) => Some(CxlPlatform::open_files(t).map_err(ConfigError::Platform)?),
+        None => None,
+    };
+
+    // KVM, interrupt controllers, memory.
+    let hv = Hypervisor::open(&cfg.kvm_path)?;
+    let vm = hv.create_vm()?;
+    vm.create_irqchip_and_pit()?;
+    let ram = RamBacking::memfd("guest-ram", cfg.memory)?;
+    let slots = Arc::new(SlotTable::default());
+    let mut space = AddressSpace::new("system", layout::MAX_GPA);
+    space.add_listener(Box::new(vm.slot_listener(slots.clone())))?;
+    {
+        let root = space.root();
+        let mut tx = space.begin();
+        for (i, &(gpa, size, off)) in ram_ranges.iter().enumerate() {
+            let r = tx.add_ram(
+                if i == 0 { "ram-low" } else { "ram-high" },
+                ram.clone(),
+                off,
+                size,
+                false,
+            )?;
+            tx.place(root, r, gpa, 0)?;
+        }
+        tx.commit()?;
+    }
+    let view = space.view_handle();
+    let space = Arc::new(Mutex::new(space));
+    let stopper = Arc::new(Stopper::default());
+    let cxl = match (&topo, cxl_files) {
+        (Some(t), Some(files)) => Some(
+            CxlPlatform::build(
+                t,
+                files,
+                &space,
+                CXL_LAYOUT,
+                overlay_options(cfg.cxl_direct, cfg.vma_budget, &stopper),
+            )
+            .map_err(|e| {
+                if e.is_user_error() {
+                    VmmError::Config(ConfigError::Platform(e))
+                } else {
+                    VmmError::Platform(e)
+                }
+            })?,
+        ),
+        _ => None,
+    };
+
+    // Port I/O: COM1 on IRQ 4, the ACPI power registers, the CXL control ports.
+    let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+    vm.register_irqfd(&irq, COM1_GSI)?;
+    let serial = Arc::new(Serial::with_irq(serial_out, SerialIrq::EventFd(irq)));
+    let mut pio = PioBus::new();
+    pio.insert("com1", ports::COM1, 8, serial.clone())?;
+    pio.insert(
+        "acpi-power",
+        ACPI_POWER_PORT,
+        acpi_power::LEN,
+        Arc::new(AcpiPower::new(stopper.clone(), S5_SLEEP_TYPE, RESET_VALUE)),
+    )?;
+    if let Some(c) = &cxl {
+        let ctl = Arc::new(CxlControl {
+            overlays: c.overlays.clone(),
+            dispatchers: c.dispatchers.clone(),
+            baseline: AtomicU64::new(0),
+        });
+        pio.insert("cxl-direct", ports::CXL_DIRECT, 4, ctl.clone())?;
+        pio.insert("cxl-exits", ports::CXL_EXITS, 4, Arc::new(CxlExits(ctl)))?;
+    }
+    let pio = Arc::new(pio);
+
+    // vCPUs (after the irqchip, so each gets an in-kernel LAPIC).
+    let cpuid = hv.supported_cpuid()?;
+    let mut vcpus = Vec::new();
+    for i in 0..cfg.vcpus {
+        vcpus.push(vm.create_vcpu(i)?);
+    }
+
+    // The kernel, its memory map and command line.
+    let ecam = cxl.as_ref().map(|c| c.ecam);
+    let map = memory_map(&ram_ranges, ecam);
+    let file = ram.file().ok_or(VmmError::NoRamFile)?;
+    let ranges: Vec<RamRange<'_>> = ram_ranges
+        .iter()
+        .map(|&(gpa, size, offset)| RamRange {
+            gpa,
+            size,
+            file,
+            offset,
+        })
+        .collect();
+    let mem = cxlvm_boot::guest_memory(&ranges).map_err(user)?;
+    let loaded = cxlvm_boot::load(
+        &mem,
+        &LinuxBoot {
+            kernel: k.kernel.clone(),
+            initrd: k.initrd.clone(),
+            cmdline: cfg.cmdline.clone(),
+            memory_map: map,
+            rsdp: None,
+        },
+    )
+    .map_err(user)?;
+    drop(mem);
+    info!(
+        format = ?loaded.format,
+        kernel = ?loaded.kernel,
+        initrd = ?loaded.initrd,
+        "kernel loaded"
+    );
+    for v in &vcpus {
+        let entry = match (v.index(), loaded.entry) {
+            (0, Entry::Pvh { rip, start_info }) => LinuxEntry::Pvh { rip, start_info },
+            (0, Entry::Linux64 { rip, zero_page }) => LinuxEntry::Linux64 {
+                rip,
+                zero_page,
+                pml4: cxlvm_boot::layout::PAGE_TABLES,
+                gdt: cxlvm_boot::layout::GDT,
+            },
+            _ => LinuxEntry::WaitForSipi,
+        };
+        v.configure_linux(&cpuid, cfg.vcpus, k.hypervisor_bit, entry)?;
+    }
+    info!(
+        vcpus = cfg.vcpus,
+        memory_mib = cfg.memory >> 20,
+        "Linux machine built in {:?}",
+        started.elapsed()
+    );
+    Ok(Machine {
+        space,
+        view,
+        vcpus,
+        pio,
+        stopper,
+        boot_mark: Arc::default(),
+        null: Arc::default(),
+        scratch: None,
+        slots,
+        ram,
+        started,
+        timeout: cfg.timeout,
+        cxl,
+        dump_request: None,
+        seccomp: cfg.seccomp,
+        _vm: vm,
+    })
+}

@@ -1,0 +1,318 @@
+#!/usr/bin/env bash
+# Obtains Debian's packaged Linux 6.12 kernel (amd64 flavour) from Debian's own package archive
+# and turns it into an uncompressed ELF `vmlinux` that cxlvm boots through the PVH entry.
+#
+#   scripts/debian-kernel.sh            # prints the vmlinux path as the last line of stdout
+#   path=$(scripts/debian-kernel.sh)    # messages go to stderr, stdout is only the path
+#
+# Steps: with a private apt configuration (sources, lists and download cache under the cache
+# directory, never /etc/apt or /var/lib/apt) it fetches the package lists of bookworm-security and
+# bookworm-backports from deb.debian.org, picks the newest
+# `linux-image-6.12.<N>+deb12-amd64-unsigned` (both suites carry 6.12; the newest is usually in
+# bookworm-security), downloads that .deb with `apt-get download` (apt checks its hash against the
+# archive's signed Release file, keys from debian-archive-keyring), unpacks ./boot/vmlinuz-* and
+# ./boot/config-* from it with dpkg-deb, finds the zstd frame magic (28 b5 2f fd) in the bzImage,
+# decompresses at each offset until the output is an ELF, and checks the result: an x86-64 ELF
+# executable, the same size as the bzImage's own record of it, with a PT_NOTE that holds Xen's
+# XEN_ELFNOTE_PHYS32_ENTRY (type 18, owner "Xen"), the PVH entry point.
+#
+# Output, in ${CXLVM_KERNEL_DIR:-<repo>/target/linux}/debian-<package version>/:
+#   vmlinux   the decompressed payload (ELF, followed by the kernel's relocation table, exactly
+#             what the bzImage's decompressor would produce; loaders use the ELF headers only)
+#   bzImage   /boot/vmlinuz-* as Debian ships it
+#   config    /boot/config-* (the kernel configuration)
+#   VERSION   key=value: package, version, suite, .deb URL and SHA-256, kernel release, sizes,
+#             PVH entry
+# The .deb (~107 MB) is deleted after extraction. Apt's lists stay in <cache dir>/apt/.
+#
+# Idempotent: if a valid kernel is already in the cache directory (the newest one there, or the
+# pinned one), it prints its path without touching the network. Runs in parallel are serialised
+# with flock on <cache dir>/.lock.
+#
+# Environment:
+#   CXLVM_KERNEL_DIR             cache directory (default <repo>/target/linux)
+#   CXLVM_DEBIAN_KERNEL_VERSION  pin an exact Debian package version (e.g. 6.12.118-1~deb12u1)
+#   CXLVM_KERNEL_REFRESH=1       ask the archive for a newer 6.12 even when one is cached
+#   CXLVM_KERNEL_VERBOSE=1       progress messages on stderr even when it is not a terminal
+#   CXLVM_DEBIAN_MIRROR          mirror base URL (default http://deb.debian.org; it must serve
+#                                /debian and /debian-security)
+#
+# What it changes on the machine: only the cache directory, except that if `zstd` or `readelf`
+# is missing it installs the Debian package (zstd, binutils) with apt-get (system sources), as
+# root or with password-less sudo. On failure (no network, package not found, a kernel that is
+# not what it should be) it prints one line on stderr and exits with status 2.
+set -euo pipefail
+
+me=debian-kernel.sh
+die() {
+    echo "$me: $*" >&2
+    exit 2
+}
+say() { echo "$me: $*" >&2; }
+# Progress messages only on a terminal (or with CXLVM_KERNEL_VERBOSE=1): a failure is one line.
+progress() { if [[ -t 2 || ${CXLVM_KERNEL_VERBOSE:-0} == 1 ]]; then say "$@"; fi; }
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+kdir=$(realpath -m "${CXLVM_KERNEL_DIR:-$root/target/linux}")
+pin=${CXLVM_DEBIAN_KERNEL_VERSION:-}
+refresh=${CXLVM_KERNEL_REFRESH:-0}
+mirror=${CXLVM_DEBIAN_MIRROR:-http://deb.debian.org}
+mirror=${mirror%/}
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+# Debian's binary package names for the amd64 flavour of 6.12 (not cloud, not rt, not -dbg).
+pkg_re='^linux-image-6\.12\.[0-9]+\+deb[0-9.]+-amd64-unsigned$'
+t0=$(date +%s.%N)
+
+# --- checks on a vmlinux -----------------------------------------------------------------------
+
+# Prints the PVH entry (XEN_ELFNOTE_PHYS32_ENTRY, owner Xen, type 0x12) as 0x%08x, provided the
+# note lies in a PT_NOTE segment; fails otherwise.
+pvh_entry() {
+    local f=$1 notes bytes hex b seg
+    notes=$(readelf -nW "$f" 2>/dev/null) || return 1
+    # readelf reads notes from sections when there are any: find which section held the note,
+    # then make sure that section is mapped by a PT_NOTE segment (what PVH loaders read).
+    read -r seg bytes < <(awk '
+        /^Displaying notes found in: / { sec = $NF; next }
+        /^Displaying notes found at / { sec = "segment"; next }
+        # The description is on the note'"'"'s line (-W) or the next one.
+        function desc() { d = $0; sub(/.*description data: */, "", d); print (sec == "" ? "segment" : sec), d; exit }
+        want && /description data:/ { desc() }
+        { want = 0 }
+        $1 == "Xen" && /\(0x00000012\)/ { if (/description data:/) desc(); want = 1 }' <<<"$notes") || return 1
+    [[ -n ${bytes:-} ]] || return 1
+    if [[ $seg != "segment" ]]; then
+        readelf -lW "$f" 2>/dev/null | awk -v sec="$seg" '
+            /^Program Headers:/ { ph = 1; n = 0; next }
+            ph && /^ +[A-Z_]+ +0x/ { type[n++] = $1; next }
+            ph && /^$/ { ph = 0 }
+            /^ +[0-9]+ +/ && ($1 + 0) in type && type[$1 + 0] == "NOTE" {
+                for (i = 2; i <= NF; i++) if ($i == sec) found = 1
+            }
+            END { exit !found }' || return 1
+    fi
+    hex=
+    for b in $bytes; do hex=$b$hex; done # little-endian
+    [[ $hex =~ ^[0-9a-f]+$ ]] || return 1
+    ((16#$hex > 0 && 16#$hex < 16#100000000)) || return 1
+    printf '0x%08x\n' $((16#$hex))
+}
+
+# An x86-64 ELF executable (ELF64, EM_X86_64, ET_EXEC).
+is_x86_64_elf() {
+    local h
+    [[ $(head -c 4 "$1" | od -An -tx1 | tr -d ' \n') == 7f454c46 ]] || return 1
+    h=$(readelf -hW "$1" 2>/dev/null) || return 1
+    grep -q 'Class: *ELF64' <<<"$h" && grep -q 'Machine: *Advanced Micro Devices X86-64' <<<"$h" &&
+        grep -q 'Type: *EXEC' <<<"$h"
+}
+
+field() { sed -n "s/^$1=//p" "$2" 2>/dev/null | head -n1; }
+
+# A cache entry is valid when its VERSION is complete and the vmlinux still matches it.
+valid_dir() {
+    local d=$1 size entry
+    [[ -f $d/VERSION && -f $d/vmlinux && -f $d/bzImage ]] || return 1
+    size=$(field vmlinux_size "$d/VERSION")
+    entry=$(field pvh_entry "$d/VERSION")
+    [[ -n $size && -n $entry && $(stat -c %s "$d/vmlinux") == "$size" ]] || return 1
+    [[ $(stat -c %s "$d/bzImage") == "$(field bzimage_size "$d/VERSION")" ]] || return 1
+    is_x86_64_elf "$d/vmlinux" && [[ $(pvh_entry "$d/vmlinux") == "$entry" ]]
+}
+
+# Prints the directory of the kernel to use from the cache (pinned, else the newest valid one).
+cached() {
+    local d v best='' bestv=''
+    if [[ -n $pin ]]; then
+        valid_dir "$kdir/debian-$pin" && echo "$kdir/debian-$pin"
+        return
+    fi
+    for d in "$kdir"/debian-*/; do
+        d=${d%/}
+        [[ -d $d ]] || continue
+        v=$(field version "$d/VERSION")
+        [[ -n $v ]] || continue
+        if [[ -z $bestv ]] || dpkg --compare-versions "$v" gt "$bestv"; then
+            valid_dir "$d" || continue
+            best=$d bestv=$v
+        fi
+    done
+    [[ -n $best ]] && echo "$best"
+}
+
+finish() {
+    local d=$1 t
+    t=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+    say "$(field package "$d/VERSION") $(field version "$d/VERSION") ($(field suite "$d/VERSION")):" \
+        "vmlinux $(field vmlinux_size "$d/VERSION") bytes, bzImage $(field bzimage_size "$d/VERSION")" \
+        "bytes, PVH entry $(field pvh_entry "$d/VERSION"), ${t}s"
+    echo "$d/vmlinux"
+    exit 0
+}
+
+# --- tools -------------------------------------------------------------------------------------
+
+if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
+    die "needs a Debian-based system (apt-get and dpkg-deb not found)"
+fi
+need=()
+command -v zstd >/dev/null || need+=(zstd)
+command -v readelf >/dev/null || need+=(binutils)
+command -v flock >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+    if [[ $(id -u) == 0 ]]; then
+        sudo=()
+    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+        sudo=(sudo)
+    else
+        die "needs the Debian packages ${need[*]}: run 'sudo apt-get install ${need[*]}' or run as root"
+    fi
+    progress "installing ${need[*]} (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq "${need[@]}"; } >/dev/null 2>&1 ||
+        die "could not install ${need[*]} with apt-get"
+fi
+
+# --- fast path: already cached -----------------------------------------------------------------
+
+if [[ $refresh != 1 ]] && d=$(cached); then
+    finish "$d"
+fi
+
+mkdir -p "$kdir" || die "cannot create $kdir"
+exec 9>"$kdir/.lock"
+flock 9
+# Another run may have finished while we waited for the lock.
+if [[ $refresh != 1 ]] && d=$(cached); then
+    finish "$d"
+fi
+
+work=$(mktemp -d "$kdir/.work.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+log=$kdir/apt.log
+: >"$log"
+
+# --- private apt configuration -----------------------------------------------------------------
+
+apt_dir=$kdir/apt
+mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/sources.list.d"
+[[ -r $keyring ]] || die "$keyring is missing (install debian-archive-keyring)"
+cat >"$apt_dir/sources.list" <<EOF
+deb [signed-by=$keyring] $mirror/debian-security bookworm-security main
+deb [signed-by=$keyring] $mirror/debian bookworm-backports main
+EOF
+apt_opts=(
+    -o "Dir::Etc::SourceList=$apt_dir/sources.list"
+    -o "Dir::Etc::SourceParts=$apt_dir/sources.list.d"
+    -o "Dir::State::Lists=$apt_dir/lists"
+    -o "Dir::Cache=$apt_dir/cache"
+    -o "Dir::Cache::pkgcache="
+    -o "Dir::Cache::srcpkgcache="
+    -o "APT::Sandbox::User=root"
+    -o "Acquire::Retries=2"
+    -o "Acquire::http::Timeout=30"
+    -o "Acquire::Languages=none"
+)
+
+progress "fetching package lists (bookworm-security, bookworm-backports) from $mirror"
+apt-get "${apt_opts[@]}" --error-on=any update >>"$log" 2>&1 ||
+    die "cannot fetch Debian's package lists from $mirror (no network? see $log)"
+
+# Candidate packages and their versions; pick the pinned or the newest.
+mapfile -t names < <(apt-cache "${apt_opts[@]}" pkgnames linux-image-6.12. 2>>"$log" | grep -E "$pkg_re" | sort)
+((${#names[@]})) || die "no linux-image-6.12.*-amd64-unsigned package in bookworm-security or bookworm-backports"
+pkg='' ver=''
+while read -r n v; do
+    if [[ -n $pin ]]; then
+        [[ $v == "$pin" ]] && pkg=$n ver=$v
+    elif [[ -z $ver ]] || dpkg --compare-versions "$v" gt "$ver"; then
+        pkg=$n ver=$v
+    fi
+done < <(apt-cache "${apt_opts[@]}" show "${names[@]}" 2>>"$log" |
+    awk '/^Package: / { p = $2 } /^Version: / { print p, $2 }')
+[[ -n $pkg ]] || die "Debian package version '$pin' of linux-image-6.12 (amd64, unsigned) not found"
+out=$kdir/debian-$ver
+if valid_dir "$out"; then
+    finish "$out"
+fi
+suite=$(apt-cache "${apt_opts[@]}" policy "$pkg" 2>>"$log" |
+    awk -v v="$ver" '$1 == v { getline; print $3; exit }')
+read -r url _ deb_size deb_hash < <(apt-get "${apt_opts[@]}" --print-uris download "$pkg=$ver" 2>>"$log") ||
+    die "apt cannot locate $pkg=$ver (see $log)"
+url=${url//\'/}
+
+progress "downloading $pkg $ver from ${suite:-?} ($((deb_size / 1000000)) MB)"
+(cd "$work" && apt-get "${apt_opts[@]}" download "$pkg=$ver") >>"$log" 2>&1 ||
+    die "cannot download $pkg $ver from $mirror (see $log)"
+debs=("$work"/*.deb)
+deb=${debs[0]}
+[[ -f $deb ]] || die "apt-get download of $pkg $ver left no .deb (see $log)"
+
+# --- extract /boot/vmlinuz-* -------------------------------------------------------------------
+
+mkdir "$work/root"
+dpkg-deb --fsys-tarfile "$deb" | tar -xf - -C "$work/root" --wildcards './boot/vmlinuz-*' './boot/config-*' 2>>"$log" ||
+    die "$pkg $ver has no /boot/vmlinuz-* (see $log)"
+rm -f "$deb"
+bzs=("$work"/root/boot/vmlinuz-*)
+bz=${bzs[0]}
+[[ -f $bz ]] || die "$pkg $ver has no /boot/vmlinuz-*"
+krel=${bz##*/vmlinuz-}
+mkdir "$work/out"
+mv "$bz" "$work/out/bzImage"
+mv "$work"/root/boot/config-* "$work/out/config" 2>/dev/null || true
+bz=$work/out/bzImage
+
+# --- decompress the zstd payload ---------------------------------------------------------------
+
+u32() { od -An -tu4 --endian=little -j "$2" -N4 "$1" | tr -d ' '; }
+u8() { od -An -tu1 -j "$2" -N1 "$1" | tr -d ' '; }
+# The setup header says where the payload is and the payload ends with the decompressed size
+# (boot protocol 2.08+); used to check the output, the magic scan below finds the frame.
+hdr_off='' hdr_len=''
+if [[ $(u32 "$bz" $((0x202))) == 1400005704 ]]; then # "HdrS"
+    setup_sects=$(u8 "$bz" $((0x1f1)))
+    ((setup_sects == 0)) && setup_sects=4
+    hdr_off=$(((setup_sects + 1) * 512 + $(u32 "$bz" $((0x248)))))
+    hdr_len=$(u32 "$bz" $((0x24c)))
+fi
+mapfile -t offsets < <(LC_ALL=C grep -obUaF $'(\xb5/\xfd' "$bz" | cut -d: -f1)
+((${#offsets[@]})) || die "$krel's bzImage has no zstd frame (is it zstd-compressed?)"
+vmlinux=$work/out/vmlinux
+found=
+for off in "${offsets[@]}"; do
+    # zstd stops with an error at the bytes after the frame (the size trailer): expected.
+    tail -c +$((off + 1)) "$bz" | zstd -dcq >"$vmlinux" 2>/dev/null || true
+    if [[ -s $vmlinux && $(head -c 4 "$vmlinux" | od -An -tx1 | tr -d ' \n') == 7f454c46 ]]; then
+        found=$off
+        break
+    fi
+done
+[[ -n $found ]] || die "no zstd frame in $krel's bzImage decompresses to an ELF"
+size=$(stat -c %s "$vmlinux")
+if [[ -n $hdr_off ]]; then
+    ((found == hdr_off)) || die "ELF payload at offset $found, but the setup header says $hdr_off"
+    want=$(u32 "$bz" $((hdr_off + hdr_len - 4)))
+    ((size == want)) || die "decompressed $size bytes, the bzImage records $want (truncated?)"
+fi
+is_x86_64_elf "$vmlinux" || die "the payload of $krel is not an x86-64 ELF executable"
+entry=$(pvh_entry "$vmlinux") ||
+    die "$krel's vmlinux has no XEN_ELFNOTE_PHYS32_ENTRY note in a PT_NOTE segment (no PVH entry)"
+
+cat >"$work/out/VERSION" <<EOF
+package=$pkg
+version=$ver
+suite=$suite
+deb_url=$url
+deb_size=$deb_size
+deb_sha256=${deb_hash#SHA256:}
+kernel_release=$krel
+bzimage_size=$(stat -c %s "$bz")
+zstd_offset=$found
+vmlinux_size=$size
+vmlinux_sha256=$(sha256sum "$vmlinux" | cut -d' ' -f1)
+pvh_entry=$entry
+EOF
+rm -rf "$out"
+mv "$work/out" "$out"
+finish "$out"
