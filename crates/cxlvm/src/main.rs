@@ -285,6 +285,7 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
         cxl_direct: args.cxl_direct.on(),
         vma_budget: args.vma_budget,
         seccomp: args.seccomp.on(),
+        console_input: matches!(boot, Boot::Linux(_)),
         memory: args.memory,
         vcpus: args.vcpus,
         cmdline: args.cmdline,

@@ -179,6 +179,39 @@ mod tests {
     }
 
     #[test]
+    fn console_input_is_received_and_raises_the_interrupt() {
+        let irq = vmm_sys_util::eventfd::EventFd::new(libc_nonblock()).unwrap();
+        let s = Serial::with_irq(
+            Box::new(std::io::sink()),
+            SerialIrq::EventFd(irq.try_clone().unwrap()),
+        );
+        // The guest enables the received-data interrupt (IER bit 0).
+        s.write(1, &[1]);
+        assert_eq!(s.input(b"ok\n"), 3);
+        assert_eq!(irq.read().unwrap(), 1, "interrupt raised once");
+        let mut got = Vec::new();
+        loop {
+            let mut lsr = [0u8; 1];
+            PioDevice::read(&s, 5, &mut lsr);
+            if lsr[0] & 1 == 0 {
+                break;
+            }
+            let mut c = [0u8; 1];
+            PioDevice::read(&s, 0, &mut c);
+            got.push(c[0]);
+        }
+        assert_eq!(got, b"ok\n");
+        // A full FIFO takes what fits and says so.
+        let big = [b'x'; 1000];
+        let q = s.input(&big);
+        assert!(q > 0 && q < big.len(), "{q}");
+    }
+
+    fn libc_nonblock() -> i32 {
+        0o4000 // EFD_NONBLOCK
+    }
+
+    #[test]
     fn exit_port_requests_a_stop_with_the_low_byte() {
         let s = Arc::new(Stopper::default());
         ExitPort(s.clone()).write(0, &[0x2a, 1, 0, 0]);

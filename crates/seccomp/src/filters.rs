@@ -29,17 +29,21 @@ pub enum ThreadKind {
     /// The run thread (`Machine::run`'s waiting thread): waits for an outcome with a timeout,
     /// prints SIGUSR1 memory dumps on stderr, and kicks the vCPU threads out of `KVM_RUN`.
     Run,
+    /// The console input thread (Linux guests): reads cxlvm's stdin and queues the bytes in the
+    /// guest's UART, whose interrupt is an eventfd write.
+    ConsoleInput,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 2] = [ThreadKind::Vcpu, ThreadKind::Run];
+    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vcpu, ThreadKind::Run, ThreadKind::ConsoleInput];
 
     /// Short name (`vcpu`, `run`).
     pub fn name(self) -> &'static str {
         match self {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Run => "run",
+            ThreadKind::ConsoleInput => "console-in",
         }
     }
 }
@@ -204,6 +208,18 @@ fn run(r: &mut Rules, p: &Params) -> Result<(), seccompiler::BackendError> {
     Ok(())
 }
 
+fn console_input(r: &mut Rules, p: &Params) -> Result<(), seccompiler::BackendError> {
+    signals(r, p, &[])?;
+    // stdin only.
+    r.insert(libc::SYS_read, any_of([Ok(vec![eq(0, 0)?])])?);
+    // The UART's interrupt (an eventfd), logs on stderr.
+    r.insert(libc::SYS_write, vec![]);
+    // Waiting for room in the UART's FIFO.
+    r.insert(libc::SYS_clock_nanosleep, vec![]);
+    r.insert(libc::SYS_nanosleep, vec![]);
+    Ok(())
+}
+
 /// The allowlist of `kind`: system call number → argument rules (empty: any arguments).
 pub fn rules(
     kind: ThreadKind,
@@ -213,6 +229,7 @@ pub fn rules(
     let built = common(&mut r).and_then(|()| match kind {
         ThreadKind::Vcpu => vcpu(&mut r, params),
         ThreadKind::Run => run(&mut r, params),
+        ThreadKind::ConsoleInput => console_input(&mut r, params),
     });
     built.map_err(|source| SeccompError::Compile { kind, source })?;
     Ok(r)

@@ -104,6 +104,9 @@ pub struct MachineConfig {
     /// Confine every vCPU thread and the run thread with its seccomp filter before the guest
     /// runs (default true; see `cxlvm-seccomp`). Turning it off is a debugging aid only.
     pub seccomp: bool,
+    /// Feed cxlvm's stdin to the guest's serial console during the run (Linux guests; the
+    /// reading thread blocks on stdin and ends with the process, so libraries leave it off).
+    pub console_input: bool,
 }
 
 impl MachineConfig {
@@ -128,6 +131,7 @@ impl MachineConfig {
             cxl_direct: true,
             vma_budget: None,
             seccomp: true,
+            console_input: false,
         }
     }
 }

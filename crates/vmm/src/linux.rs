@@ -271,6 +271,7 @@ pub(crate) fn build(
         cxl,
         dump_request: None,
         seccomp: cfg.seccomp,
+        console_input: cfg.console_input.then_some(serial),
         _vm: vm,
     })
 }

@@ -181,6 +181,8 @@ pub struct Machine {
     pub(crate) dump_request: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Confine the run's threads with seccomp filters.
     pub(crate) seccomp: bool,
+    /// The UART fed from cxlvm's stdin during the run (Linux guests, when asked).
+    pub(crate) console_input: Option<Arc<Serial>>,
     // Keeps the VM alive as long as the machine.
     pub(crate) _vm: cxlvm_kvm::Vm,
 }
@@ -488,6 +490,7 @@ impl Machine {
             cxl,
             dump_request: None,
             seccomp: cfg.seccomp,
+            console_input: None,
             _vm: vm,
         })
     }

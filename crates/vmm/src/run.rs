@@ -78,6 +78,7 @@ fn fault(vcpu: &mut Vcpu, view: &FlatViewHandle, kind: FaultKind, data: Vec<u64>
 struct Filters {
     vcpu: Arc<BpfProgram>,
     run: BpfProgram,
+    console: BpfProgram,
 }
 
 impl Filters {
@@ -88,6 +89,7 @@ impl Filters {
         Ok(Self {
             vcpu: Arc::new(cxlvm_seccomp::compile(ThreadKind::Vcpu, &params)?),
             run: cxlvm_seccomp::compile(ThreadKind::Run, &params)?,
+            console: cxlvm_seccomp::compile(ThreadKind::ConsoleInput, &params)?,
         })
     }
 }
@@ -190,6 +192,35 @@ fn vcpu_loop(mut vcpu: Vcpu, ctx: VcpuCtx) {
     }
 }
 
+/// Name of the console input thread.
+const CONSOLE_THREAD: &str = "console-in";
+
+/// Feeds cxlvm's stdin to the guest's UART until end of file, waiting for room in its FIFO.
+fn console_input(serial: &cxlvm_devices::Serial) {
+    use std::io::Read;
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 64];
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                debug!("console input ends: {e}");
+                return;
+            }
+        };
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let q = serial.input(rest);
+            rest = &rest[q..];
+            if q == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
 fn proc_status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -238,6 +269,28 @@ impl Machine {
                     stop_all(&handles);
                     return Err(VmmError::Thread(e));
                 }
+            }
+        }
+        if let Some(serial) = self.console_input.take() {
+            let filter = filters.as_ref().map(|f| f.console.clone());
+            let console_ctl = ctl.clone();
+            // Detached: it blocks in read(stdin) and ends with the process.
+            let spawned = std::thread::Builder::new()
+                .name(CONSOLE_THREAD.into())
+                .spawn(move || {
+                    if confine(
+                        ThreadKind::ConsoleInput,
+                        filter.as_ref(),
+                        CONSOLE_THREAD,
+                        &console_ctl,
+                    ) {
+                        console_input(&serial);
+                    }
+                });
+            if let Err(e) = spawned {
+                ctl.finish(Outcome::Error(RunError::ThreadStart));
+                stop_all(&handles);
+                return Err(VmmError::Thread(e));
             }
         }
         // The run thread waits for the outcome and kicks the vCPUs; it is a thread of its own so
