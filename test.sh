@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The full test suite: `./test.sh` (extra arguments go to `cargo test`).
 #
-# What it changes on the machine: if a tool the tests use is missing, it installs the Debian
-# package that has it (pciutils for `lspci`, util-linux for `setpriv`/`prlimit`, coreutils for
-# `mkfifo`, binutils for `readelf`, gcc for linking) with apt-get, when run as root or with
-# password-less sudo, and raises vm.max_map_count (until the next reboot) to 524288 if it is
-# lower: interleaved CXL regions at 4 KiB granularity cost one host mapping per granule, and the
-# tests map 1 GiB ones (262144 mappings; the old kernel default is 65530). Without root or sudo it
-# says what is missing and stops (status 2) before building. It changes nothing else.
+# What it changes on the machine: if a tool the tests use is missing, it installs the Debian package
+# that has it (pciutils for `lspci`, util-linux for `setpriv`/`prlimit`, coreutils for `mkfifo`,
+# binutils for `readelf`, gcc for linking, acpica-tools for `iasl`/`acpiexec`) with apt-get, when
+# run as root or with password-less sudo, and raises vm.max_map_count (until the next reboot) to
+# 524288 if it is lower: interleaved CXL regions at 4 KiB granularity cost one host mapping per
+# granule, and the tests map 1 GiB ones (262144 mappings; the old kernel default is 65530). Without
+# root or sudo it says what is missing and stops (status 2) before building. It changes nothing
+# else.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -17,6 +18,7 @@ command -v lspci >/dev/null || need+=(pciutils)
 command -v mkfifo >/dev/null || need+=(coreutils)
 command -v readelf >/dev/null || need+=(binutils)
 command -v cc >/dev/null || need+=(gcc)
+command -v iasl >/dev/null && command -v acpiexec >/dev/null || need+=(acpica-tools)
 
 min_maps=524288
 maps=$(cat /proc/sys/vm/max_map_count)

@@ -13,7 +13,7 @@ use tracing::{debug, info};
 
 use crate::component::{ComponentKind, ComponentRegs};
 use crate::graph::{DecodeGraph, DeviceNode, HostBridgeNode, PortNode, WindowNode};
-use crate::hdm::{CommitEnv, HdmCaps, HdmChange};
+use crate::hdm::{CommitEnv, CommitError, HdmCaps, HdmChange};
 
 /// Which component a register access is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,6 +319,22 @@ impl Fabric {
             debug!(?id, offset, "HDM decoding change");
             self.republish(st, "HDM decoder state");
         }
+    }
+
+    /// Why the last commit of decoder `n` of component `id` failed, while its
+    /// Error-Not-Committed bit is set.
+    pub fn commit_error(&self, id: ComponentId, n: usize) -> Option<CommitError> {
+        let st = self.lock();
+        let regs = match id {
+            ComponentId::HostBridge(h) => st.hbs.get(h).map(|h| &h.regs),
+            ComponentId::RootPort { hb, port } => st
+                .hbs
+                .get(hb)
+                .and_then(|h| h.ports.get(port))
+                .map(|p| &p.regs),
+            ComponentId::Device(d) => st.devices.get(d).map(|d| &d.regs),
+        };
+        regs?.hdm()?.last_error(n).cloned()
     }
 
     /// DVSEC Control Mem_Enable of device `d` was written.

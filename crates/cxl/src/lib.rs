@@ -13,7 +13,10 @@
 //!   alias overlays of the windows equal to that plan.
 //! - [`platform`]: builds the guest-visible platform (backings, fabric, windows, CHBCRs, PCI
 //!   functions, BARs) from a topology.
-//! - [`topology`]: host bridges, devices and windows from TOML or short flags, and their checks.
+//! - [`region`]: firmware-committed regions (`[[region]]`): checks, decoder and DPA planning,
+//!   and the commit at machine build.
+//! - [`topology`]: host bridges, devices, windows and regions from TOML or short flags, and their
+//!   checks.
 #![forbid(unsafe_code)]
 
 pub mod component;
@@ -27,5 +30,6 @@ pub mod mailbox;
 pub mod overlay;
 pub mod planner;
 pub mod platform;
+pub mod region;
 pub mod topology;
 pub mod window;

@@ -1,7 +1,8 @@
 //! Builds the guest-visible CXL platform from a validated [`Topology`]: device backings, the
 //! fabric, fixed windows (containers holding the decoding dispatcher), host-bridge component
 //! registers (CHBCR), root ports and Type-3 endpoints on a PCIe segment behind ECAM, and BARs
-//! assigned like firmware.
+//! assigned like firmware, and the topology's `[[region]]`s committed like firmware
+//! ([`crate::region`]).
 
 use std::fs::OpenOptions;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,6 @@ use crate::devregs::DeviceRegs;
 use crate::dvsec;
 use crate::fabric::{ComponentId, ComponentMmio, Fabric, FabricSpec};
 use crate::graph::WindowNode;
-use crate::hdm::HdmCaps;
 use crate::interleave::{Granularity, Ways};
 use crate::mailbox::{Mailbox, MemdevParams};
 use crate::overlay::OverlayManager;
@@ -131,6 +131,12 @@ pub enum PlatformError {
         /// Granularity in bytes.
         granularity: u64,
     },
+    /// The regions could not be planned (the topology was not validated).
+    #[error("CXL regions: {0}")]
+    Regions(#[source] Box<crate::topology::TopologyError>),
+    /// A firmware commit failed although validation accepted the region.
+    #[error("CXL firmware commit: {0}")]
+    Firmware(#[source] Box<crate::region::FirmwareError>),
     /// The devices' BARs do not fit in the PCI MMIO aperture.
     #[error("too many CXL BARs for the {aperture_mib} MiB PCI MMIO aperture")]
     ApertureFull {
@@ -184,6 +190,10 @@ pub struct WindowInfo {
     pub arithmetic: u8,
     /// Target UIDs in position order.
     pub target_uids: Vec<u32>,
+    /// Granularity in bytes.
+    pub granularity: u64,
+    /// The XOR maps (CXIMS), for XOR windows.
+    pub xor_maps: Vec<u64>,
 }
 
 /// The built platform.
@@ -214,6 +224,8 @@ pub struct CxlPlatform {
     pub root_ports: Vec<Vec<Arc<RootPort>>>,
     /// The RAM alias overlays of the windows.
     pub overlays: Arc<OverlayManager>,
+    /// The regions committed at build (`[[region]]`), in topology order.
+    pub regions: Vec<crate::region::RegionPlan>,
 }
 
 /// A device's opened (persistent capacity, label storage area) files.
@@ -492,36 +504,20 @@ impl CxlPlatform {
                 gran_enc: gran.enc(),
                 arithmetic: u8::from(w.arithmetic == Arithmetic::Xor),
                 target_uids: targets.iter().map(|&h| topo.uid(h)).collect(),
+                granularity: w.granularity_bytes(),
+                xor_maps: if w.arithmetic == Arithmetic::Xor {
+                    xormaps(ways, gran)
+                } else {
+                    Vec::new()
+                },
             });
         }
-        let hb_caps = |h: &crate::topology::HostBridge| HdmCaps {
-            decoders: h.decoders.unwrap_or(4),
-            target_count: h.root_ports,
-            a11to8: true,
-            a14to12: true,
-            ways_3_6_12: false,
-            ways_16: false,
-        };
-        let dev_caps = |d: &crate::topology::Device| HdmCaps {
-            decoders: d.decoders.unwrap_or(4),
-            target_count: 0,
-            a11to8: true,
-            a14to12: true,
-            ways_3_6_12: true,
-            ways_16: true,
-        };
         let spec = FabricSpec {
             windows: windows.clone(),
             host_bridges: topo
                 .host_bridges
                 .iter()
-                .map(|h| {
-                    (
-                        h.passthrough,
-                        (!h.passthrough).then(|| hb_caps(h)),
-                        h.root_ports,
-                    )
-                })
+                .map(|h| (h.passthrough, h.hdm_caps(), h.root_ports))
                 .collect(),
             devices: topo
                 .devices
@@ -531,7 +527,7 @@ impl CxlPlatform {
                     (
                         hb,
                         d.root_port,
-                        dev_caps(d),
+                        d.hdm_caps(),
                         d.volatile_bytes(),
                         d.persistent_bytes(),
                     )
@@ -631,6 +627,7 @@ impl CxlPlatform {
             root_ports.push(ports);
         }
         let mut endpoints = Vec::new();
+        let mut dvsecs = Vec::new();
         for (i, (d, lsa)) in topo.devices.iter().zip(lsas).enumerate() {
             let hb = topo.host_bridge(&d.host_bridge).unwrap_or(0);
             let capacity = d.volatile_bytes() + d.persistent_bytes();
@@ -659,6 +656,7 @@ impl CxlPlatform {
             let mut cfg = ConfigSpace::new_type0(PCI_VENDOR, TYPE3_DEVICE, CXL_MEMORY_CLASS, 1);
             cfg.add_pcie_capability(PciePortType::Endpoint, 0)?;
             let dvsec_off = dvsec::add_device(&mut cfg, capacity)?;
+            dvsecs.push(dvsec_off);
             dvsec::add_register_locator(
                 &mut cfg,
                 &[(0, dvsec::block::COMPONENT), (2, dvsec::block::DEVICE)],
@@ -729,6 +727,24 @@ impl CxlPlatform {
             }
             tx.commit()?;
         }
+        // Regions, like firmware: committed before the overlays see the first graph, so their
+        // mappings are planned once and in place before the guest starts.
+        let regions = crate::region::plan(topo).map_err(|e| PlatformError::Regions(Box::new(e)))?;
+        crate::region::commit(topo, &regions, &fabric, &endpoints, &dvsecs, &root_ports)
+            .map_err(|e| PlatformError::Firmware(Box::new(e)))?;
+        for r in &regions {
+            info!(
+                "CXL region '{}' [{:#x}, {:#x}): {} way(s) at {} B over devices {:?}, {}, committed by firmware{}",
+                r.id,
+                r.base,
+                r.end(),
+                r.ways.count(),
+                r.gran.bytes(),
+                r.devices(),
+                r.capacity,
+                if r.lock { " (locked)" } else { "" }
+            );
+        }
         let overlays = Arc::new(OverlayManager::new(
             space.clone(),
             window_regions
@@ -758,6 +774,7 @@ impl CxlPlatform {
             mapped,
             endpoints,
             root_ports,
+            regions,
         })
     }
 }

@@ -24,7 +24,19 @@
 //! granularity = "4K"        # 256 B .. 16 KiB
 //! # base = "0x10000000000"  # chosen by cxlvm when absent
 //! # arithmetic = "modulo"   # or "xor"
+//!
+//! [[region]]                # committed by cxlvm, playing firmware, before the guest starts
+//! id = "r0"
+//! window = "cfmw0"
+//! devices = ["mem0"]        # interleave order: position i is the i-th device
+//! size = "1G"
+//! # granularity = "4K"      # default: the window's
+//! # base = "0x10000000000"  # default: packed from the window base after earlier regions
+//! # persistent = true       # persistent capacity instead of volatile
+//! # lock = false            # Lock-On-Commit (default true)
 //! ```
+//!
+//! Regions are checked and planned by [`crate::region`].
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -140,7 +152,33 @@ pub struct Device {
     pub decoders: Option<u8>,
 }
 
+impl HostBridge {
+    /// The HDM decoder capabilities of its CHBCR (`None` when passthrough).
+    pub fn hdm_caps(&self) -> Option<crate::hdm::HdmCaps> {
+        (!self.passthrough).then(|| crate::hdm::HdmCaps {
+            decoders: self.decoders.unwrap_or(4),
+            target_count: self.root_ports,
+            a11to8: true,
+            a14to12: true,
+            ways_3_6_12: false,
+            ways_16: false,
+        })
+    }
+}
+
 impl Device {
+    /// The HDM decoder capabilities of its component registers.
+    pub fn hdm_caps(&self) -> crate::hdm::HdmCaps {
+        crate::hdm::HdmCaps {
+            decoders: self.decoders.unwrap_or(4),
+            target_count: 0,
+            a11to8: true,
+            a14to12: true,
+            ways_3_6_12: true,
+            ways_16: true,
+        }
+    }
+
     /// Volatile bytes.
     pub fn volatile_bytes(&self) -> u64 {
         self.volatile.map_or(0, |s| s.0)
@@ -177,6 +215,38 @@ impl Window {
     }
 }
 
+/// A region that cxlvm, playing platform firmware, programs and commits before the guest starts
+/// (docs/cxl.md, [`crate::region`]).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    /// Name.
+    pub id: String,
+    /// The window (id) it lies in.
+    pub window: String,
+    /// Device ids in interleave order: position `i` is the `i`-th device.
+    pub devices: Vec<String>,
+    /// Region (endpoint) interleave granularity (default: the window's).
+    pub granularity: Option<Size>,
+    /// HPA size (the whole region).
+    pub size: Size,
+    /// HPA base inside the window (default: packed from the window base after earlier regions
+    /// of the same window); set by [`Topology::validate`].
+    pub base: Option<Size>,
+    /// Uses the devices' persistent capacity instead of their volatile capacity.
+    #[serde(default)]
+    pub persistent: bool,
+    /// Commit the decoders with Lock-On-Commit (default true).
+    pub lock: Option<bool>,
+}
+
+impl Region {
+    /// Whether its decoders are locked.
+    pub fn locked(&self) -> bool {
+        self.lock.unwrap_or(true)
+    }
+}
+
 /// A whole CXL topology.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -190,6 +260,9 @@ pub struct Topology {
     /// Fixed memory windows.
     #[serde(default, rename = "window")]
     pub windows: Vec<Window>,
+    /// Regions committed before the guest starts.
+    #[serde(default, rename = "region")]
+    pub regions: Vec<Region>,
 }
 
 /// A problem with a topology: one line naming the offending item.
@@ -206,6 +279,15 @@ pub enum TopologyError {
         /// What is wrong.
         problem: String,
     },
+    /// A `[[region]]` cannot be committed.
+    #[error("region '{id}': {source}")]
+    Region {
+        /// Region id.
+        id: String,
+        /// Why.
+        #[source]
+        source: Box<crate::region::RegionError>,
+    },
 }
 
 fn item(kind: &str, id: &str, problem: impl Into<String>) -> TopologyError {
@@ -215,7 +297,7 @@ fn item(kind: &str, id: &str, problem: impl Into<String>) -> TopologyError {
     }
 }
 
-fn fmt_size(b: u64) -> String {
+pub(crate) fn fmt_size(b: u64) -> String {
     if b >= 1 << 40 && b.is_multiple_of(1 << 40) {
         format!("{} TiB", b >> 40)
     } else if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
@@ -338,6 +420,16 @@ impl Topology {
         t
     }
 
+    /// Index of device `id`.
+    pub fn device(&self, id: &str) -> Option<usize> {
+        self.devices.iter().position(|d| d.id == id)
+    }
+
+    /// Index of window `id`.
+    pub fn window(&self, id: &str) -> Option<usize> {
+        self.windows.iter().position(|w| w.id == id)
+    }
+
     /// Index of host bridge `id`.
     pub fn host_bridge(&self, id: &str) -> Option<usize> {
         self.host_bridges.iter().position(|h| h.id == id)
@@ -349,8 +441,8 @@ impl Topology {
     }
 
     /// Checks everything except files, and assigns window bases that were not given (packed
-    /// upward from `limits.window_min`, 256 MiB aligned, avoiding reserved ranges). Returns the
-    /// first problem found.
+    /// upward from `limits.window_min`, 256 MiB aligned, avoiding reserved ranges) and region
+    /// bases that were not given ([`crate::region::plan`]). Returns the first problem found.
     pub fn validate(&mut self, limits: &AddressLimits) -> Result<(), TopologyError> {
         if self.host_bridges.is_empty() && (!self.devices.is_empty() || !self.windows.is_empty()) {
             return Err(TopologyError::Parse(
@@ -526,6 +618,20 @@ impl Topology {
             if w.arithmetic == Arithmetic::Xor && !w.targets.len().is_power_of_two() {
                 return Err(win("xor arithmetic needs 1, 2, 4, 8 or 16 targets".into()));
             }
+            if w.arithmetic == Arithmetic::Xor
+                && let Some(other) = self.windows.iter().find(|o| {
+                    o.arithmetic == Arithmetic::Xor
+                        && o.granularity_bytes() == g
+                        && o.targets.len() != w.targets.len()
+                })
+            {
+                return Err(win(format!(
+                    "xor window with {} targets at granularity {g} B next to window '{}' with {}: XOR windows of one granularity need the same number of targets (the ACPI CEDT holds one XOR map list per granularity)",
+                    w.targets.len(),
+                    other.id,
+                    other.targets.len()
+                )));
+            }
             if w.size.0 % (CXL_UNIT * w.targets.len() as u64) != 0 {
                 return Err(win(format!(
                     "size {} is not a multiple of {} targets x 256 MiB",
@@ -534,7 +640,12 @@ impl Topology {
                 )));
             }
         }
-        self.place_windows(limits)
+        self.place_windows(limits)?;
+        let plans = crate::region::plan(self)?;
+        for (r, p) in self.regions.iter_mut().zip(&plans) {
+            r.base = Some(Size(p.base));
+        }
+        Ok(())
     }
 
     fn place_windows(&mut self, limits: &AddressLimits) -> Result<(), TopologyError> {

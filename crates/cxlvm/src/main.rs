@@ -52,6 +52,10 @@ struct RunArgs {
         default_missing_value = "on"
     )]
     cpuid_hypervisor: Switch,
+    /// --kernel only: write every ACPI table cxlvm builds as DIR/<SIG>.dat (RSDP.dat, DSDT.dat,
+    /// CEDT.dat, ...), for people and tools such as `iasl -d`.
+    #[arg(long, value_name = "DIR", requires = "kernel")]
+    dump_acpi: Option<PathBuf>,
     /// Guest RAM, e.g. 64M, 1G, 0x4000000.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     memory: u64,
@@ -286,6 +290,7 @@ fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
         vma_budget: args.vma_budget,
         seccomp: args.seccomp.on(),
         console_input: matches!(boot, Boot::Linux(_)),
+        dump_acpi: args.dump_acpi,
         memory: args.memory,
         vcpus: args.vcpus,
         cmdline: args.cmdline,

@@ -285,3 +285,153 @@ fn mode_changes_are_logged_and_the_memory_state_is_dumped_as_json() {
     );
     assert!(v["slots"].as_array().is_some_and(|a| !a.is_empty()));
 }
+
+/// hb0 (2 root ports): mem0 (512M, 1 decoder), mem1; hb1 (1 root port): mem2. w0 over hb0, w1
+/// over hb0 and hb1, 4 KiB; then `regions`.
+fn with_regions(name: &str, regions: &str) -> Output {
+    let topo = format!(
+        "{HB}[[host_bridge]]\nid = \"hb1\"\nroot_ports = 1\n\
+         [[device]]\nid = \"mem0\"\nhost_bridge = \"hb0\"\nroot_port = 0\nvolatile = \"512M\"\ndecoders = 1\n\
+         [[device]]\nid = \"mem1\"\nhost_bridge = \"hb0\"\nroot_port = 1\nvolatile = \"256M\"\n\
+         [[device]]\nid = \"mem2\"\nhost_bridge = \"hb1\"\nroot_port = 0\nvolatile = \"256M\"\n\
+         [[window]]\nid = \"w0\"\nsize = \"1G\"\ntargets = [\"hb0\"]\n\
+         [[window]]\nid = \"w1\"\nsize = \"1G\"\ntargets = [\"hb0\", \"hb1\"]\n{regions}"
+    );
+    with_topology(name, &topo)
+}
+
+fn region(id: &str, window: &str, devices: &str, size: &str, extra: &str) -> String {
+    format!(
+        "[[region]]\nid = \"{id}\"\nwindow = \"{window}\"\ndevices = [{devices}]\nsize = \"{size}\"\n{extra}"
+    )
+}
+
+#[test]
+fn region_errors() {
+    // The base topology with a good region in each window runs.
+    let ok = with_regions(
+        "r-ok.toml",
+        &format!(
+            "{}{}",
+            region("a", "w0", "\"mem1\"", "256M", ""),
+            region("b", "w1", "\"mem0\", \"mem2\"", "512M", "")
+        ),
+    );
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let cases = [
+        (
+            "r-window.toml",
+            region("r", "nope", "\"mem0\"", "256M", ""),
+            "region 'r': window 'nope' does not exist",
+        ),
+        (
+            "r-device.toml",
+            region("r", "w0", "\"mem9\"", "256M", ""),
+            "region 'r': device 'mem9' does not exist",
+        ),
+        (
+            "r-under.toml",
+            region("r", "w0", "\"mem2\"", "256M", ""),
+            "region 'r': device 'mem2' is under host bridge 'hb1', which is not a target of window 'w0'",
+        ),
+        (
+            "r-fit.toml",
+            region("r", "w0", "\"mem0\"", "2G", ""),
+            "region 'r': [0x10000000000, 0x10080000000) does not fit window 'w0'",
+        ),
+        (
+            "r-capacity.toml",
+            region("r", "w0", "\"mem1\"", "512M", ""),
+            "region 'r': device 'mem1' has 256 MiB of its volatile capacity left, the region needs 512 MiB on each device",
+        ),
+        (
+            "r-persistent.toml",
+            region("r", "w0", "\"mem1\"", "256M", "persistent = true\n"),
+            "region 'r': device 'mem1' has none of its persistent capacity left",
+        ),
+        (
+            "r-ways.toml",
+            region("r", "w1", "\"mem0\"", "256M", ""),
+            "region 'r': 1 device(s) over the 2 host bridges of window 'w1'",
+        ),
+        (
+            "r-position.toml",
+            region("r", "w1", "\"mem2\", \"mem0\"", "512M", ""),
+            "region 'r': device 'mem2' at position 0 is under host bridge 'hb1', but window 'w1' sends position 0 to host bridge 'hb0'",
+        ),
+        (
+            "r-gran.toml",
+            region(
+                "r",
+                "w1",
+                "\"mem0\", \"mem2\"",
+                "512M",
+                "granularity = \"8K\"\n",
+            ),
+            "region 'r': granularity 8192 B differs from the 4096 B of window 'w1'",
+        ),
+        (
+            "r-gran2.toml",
+            region("r", "w0", "\"mem0\"", "256M", "granularity = \"32K\"\n"),
+            "region 'r': granularity 32768 must be a power of two from 256 B to 16 KiB",
+        ),
+        (
+            "r-size.toml",
+            region("r", "w1", "\"mem0\", \"mem2\"", "256M", ""),
+            "region 'r': size 256 MiB is not a non-zero multiple of 256 MiB x 2 devices",
+        ),
+        (
+            "r-base.toml",
+            region(
+                "r",
+                "w1",
+                "\"mem0\", \"mem2\"",
+                "512M",
+                "base = \"0x10050000000\"\n",
+            ),
+            "region 'r': base 0x10050000000 is not the base 0x10040000000 of window 'w1' plus a multiple of 512 MiB",
+        ),
+        (
+            "r-overlap.toml",
+            format!(
+                "{}{}",
+                region("r1", "w0", "\"mem0\"", "256M", ""),
+                region("r2", "w0", "\"mem1\"", "256M", "base = \"0x10000000000\"\n")
+            ),
+            "region 'r2': [0x10000000000, 0x10010000000) overlaps region 'r1'",
+        ),
+        (
+            "r-decoders.toml",
+            format!(
+                "{}{}",
+                region("r1", "w0", "\"mem0\"", "256M", ""),
+                region("r2", "w0", "\"mem0\"", "256M", "")
+            ),
+            "region 'r2': device 'mem0' has 1 HDM decoder(s), fewer than the regions through it",
+        ),
+        (
+            "r-twice.toml",
+            format!(
+                "{}{}",
+                region("r1", "w0", "\"mem0\"", "256M", ""),
+                region("r1", "w0", "\"mem1\"", "256M", "")
+            ),
+            "region 'r1': defined twice",
+        ),
+    ];
+    for (name, regions, needle) in cases {
+        user_error(&with_regions(name, &regions), needle);
+    }
+    user_error(
+        &with_regions(
+            "r-field.toml",
+            &region("r", "w0", "\"mem0\"", "256M", "ways = 2\n"),
+        ),
+        "unknown field `ways`",
+    );
+}

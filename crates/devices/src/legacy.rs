@@ -222,59 +222,74 @@ mod tests {
     }
 }
 
-/// The hardware-reduced ACPI power registers (FADT `SLEEP_CONTROL_REG` and `RESET_REG`, both one
-/// byte in I/O space): writing SLP_EN with the `_S5` sleep type powers the machine off, writing
-/// the reset value resets it. Both end the run.
-pub struct AcpiPower {
+/// The hardware-reduced ACPI sleep registers (FADT `SLEEP_CONTROL_REG` at offset 0 and
+/// `SLEEP_STATUS_REG` at offset 1, one byte each in I/O space): writing SLP_EN with the `_S5`
+/// sleep type powers the machine off, which ends the run.
+pub struct AcpiSleep {
     stopper: Arc<Stopper>,
     /// The `_S5` SLP_TYP value the DSDT announces.
     s5_type: u8,
-    /// The value the FADT names for `RESET_REG`.
-    reset_value: u8,
 }
 
-/// Offsets of [`AcpiPower`]'s registers from its base port.
-pub mod acpi_power {
+/// Register layout of [`AcpiSleep`].
+pub mod acpi_sleep {
     /// Sleep control register (SLP_TYP in bits 4:2, SLP_EN bit 5).
-    pub const SLEEP_CONTROL: u16 = 0;
+    pub const CONTROL: u16 = 0;
     /// Sleep status register (WAK_STS bit 7; reads 0).
-    pub const SLEEP_STATUS: u16 = 1;
-    /// Reset register.
-    pub const RESET: u16 = 2;
+    pub const STATUS: u16 = 1;
     /// Ports the device spans.
-    pub const LEN: u16 = 3;
+    pub const LEN: u16 = 2;
     /// SLP_EN.
     pub const SLP_EN: u8 = 1 << 5;
 }
 
-impl AcpiPower {
-    /// Power registers that stop the run through `stopper`.
-    pub fn new(stopper: Arc<Stopper>, s5_type: u8, reset_value: u8) -> Self {
-        Self {
-            stopper,
-            s5_type,
-            reset_value,
-        }
+impl AcpiSleep {
+    /// Sleep registers that stop the run through `stopper` on S5 (`s5_type`).
+    pub fn new(stopper: Arc<Stopper>, s5_type: u8) -> Self {
+        Self { stopper, s5_type }
     }
 }
 
-impl PioDevice for AcpiPower {
+impl PioDevice for AcpiSleep {
     fn read(&self, _offset: u16, data: &mut [u8]) {
         data.fill(0);
     }
 
     fn write(&self, offset: u16, data: &[u8]) {
         let Some(&v) = data.first() else { return };
-        match offset {
-            acpi_power::SLEEP_CONTROL
-                if v & acpi_power::SLP_EN != 0 && (v >> 2) & 7 == self.s5_type =>
-            {
-                self.stopper.request(StopReason::PowerOff);
-            }
-            acpi_power::RESET if v == self.reset_value => {
-                self.stopper.request(StopReason::Reset);
-            }
-            _ => tracing::debug!("ACPI power register {offset} written with {v:#x}: ignored"),
+        if offset == acpi_sleep::CONTROL
+            && v & acpi_sleep::SLP_EN != 0
+            && (v >> 2) & 7 == self.s5_type
+        {
+            self.stopper.request(StopReason::PowerOff);
+        } else {
+            tracing::debug!("ACPI sleep register {offset} written with {v:#x}: ignored");
+        }
+    }
+}
+
+/// The reset register (FADT `RESET_REG`, one byte in I/O space): writing its reset value resets
+/// the machine, which ends the run.
+pub struct ResetRegister {
+    stopper: Arc<Stopper>,
+    value: u8,
+}
+
+impl ResetRegister {
+    /// A reset register that stops the run through `stopper` when `value` is written.
+    pub fn new(stopper: Arc<Stopper>, value: u8) -> Self {
+        Self { stopper, value }
+    }
+}
+
+impl PioDevice for ResetRegister {
+    fn read(&self, _offset: u16, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&self, _offset: u16, data: &[u8]) {
+        if data.first() == Some(&self.value) {
+            self.stopper.request(StopReason::Reset);
         }
     }
 }

@@ -11,6 +11,8 @@ mod legacy;
 mod pio;
 mod window;
 
-pub use legacy::{AcpiPower, BootMark, ExitPort, NullDevice, Serial, SerialIrq, acpi_power};
+pub use legacy::{
+    AcpiSleep, BootMark, ExitPort, NullDevice, ResetRegister, Serial, SerialIrq, acpi_sleep,
+};
 pub use pio::{DeviceFailure, PioBus, PioDevice, PioError, PioWindow, StopReason, Stopper};
 pub use window::{ScratchWindow, WindowError};

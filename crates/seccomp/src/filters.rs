@@ -214,6 +214,12 @@ fn console_input(r: &mut Rules, p: &Params) -> Result<(), seccompiler::BackendEr
     r.insert(libc::SYS_read, any_of([Ok(vec![eq(0, 0)?])])?);
     // The UART's interrupt (an eventfd), logs on stderr.
     r.insert(libc::SYS_write, vec![]);
+    // std checks that a descriptor is open before it is closed (`fcntl(fd, F_GETFD)`, builds
+    // with debug assertions), e.g. when stdin reaches its end.
+    r.insert(
+        libc::SYS_fcntl,
+        any_of([Ok(vec![eq(1, libc::F_GETFD as u64)?])])?,
+    );
     // Waiting for room in the UART's FIFO.
     r.insert(libc::SYS_clock_nanosleep, vec![]);
     r.insert(libc::SYS_nanosleep, vec![]);

@@ -107,6 +107,8 @@ pub struct MachineConfig {
     /// Feed cxlvm's stdin to the guest's serial console during the run (Linux guests; the
     /// reading thread blocks on stdin and ends with the process, so libraries leave it off).
     pub console_input: bool,
+    /// Write every ACPI table as `<SIG>.dat` into this directory at build (Linux machines).
+    pub dump_acpi: Option<PathBuf>,
 }
 
 impl MachineConfig {
@@ -132,6 +134,7 @@ impl MachineConfig {
             vma_budget: None,
             seccomp: true,
             console_input: false,
+            dump_acpi: None,
         }
     }
 }
@@ -222,6 +225,14 @@ pub enum ConfigError {
         path: String,
         /// Cause.
         source: InputFileError,
+    },
+    /// `--dump-acpi` cannot write its directory.
+    #[error("--dump-acpi {path}: {source}")]
+    DumpAcpi {
+        /// Directory.
+        path: String,
+        /// Cause.
+        source: cxlvm_acpi::AcpiError,
     },
     /// The kernel or initrd cannot be booted.
     #[error(transparent)]

@@ -2,6 +2,7 @@
 //! devices, boot structures, vCPUs) and reports how the run ended.
 #![forbid(unsafe_code)]
 
+mod acpi;
 mod config;
 mod linux;
 mod machine;
@@ -47,6 +48,17 @@ pub enum VmmError {
     /// Loading the kernel failed inside cxlvm (not the image's fault).
     #[error("kernel boot: {0}")]
     Boot(#[source] cxlvm_boot::BootError),
+    /// The ACPI tables could not be built from the machine (an internal inconsistency).
+    #[error("ACPI tables: {0}")]
+    Acpi(#[from] cxlvm_acpi::AcpiError),
+    /// The ACPI tables outgrew their room.
+    #[error("ACPI tables are {size} bytes, room for {room}")]
+    AcpiTooLarge {
+        /// Bytes needed.
+        size: usize,
+        /// Bytes available.
+        room: u64,
+    },
     /// An eventfd could not be created.
     #[error("eventfd: {0}")]
     EventFd(#[source] std::io::Error),

@@ -9,7 +9,7 @@ use std::time::Instant;
 use cxlvm_boot::{Entry, LinuxBoot, MemEntry, MemKind, RamRange};
 use cxlvm_cxl::platform::CxlPlatform;
 use cxlvm_cxl::topology::AddressLimits;
-use cxlvm_devices::{AcpiPower, PioBus, Serial, SerialIrq, Stopper, acpi_power};
+use cxlvm_devices::{AcpiSleep, PioBus, ResetRegister, Serial, SerialIrq, Stopper, acpi_sleep};
 use cxlvm_kvm::{Hypervisor, LinuxEntry, SlotTable};
 use cxlvm_memory::{AddressSpace, RamBacking};
 use cxlvm_x86::layout::{self, ports};
@@ -17,6 +17,16 @@ use tracing::info;
 
 use crate::config::{ConfigError, LinuxKernel, MachineConfig};
 use crate::machine::{CXL_LAYOUT, CxlControl, CxlExits, overlay_options, serial_writer};
+use cxlvm_cxl::platform::PlatformLayout;
+
+/// Linux machines put the BAR aperture below 4 GiB, after low RAM: a root port forwards
+/// non-prefetchable memory only through its 32-bit window, so 64-bit non-prefetchable BARs
+/// (cxlvm's register BARs) must sit below 4 GiB for Linux to keep or reassign them there.
+const LINUX_LAYOUT: PlatformLayout = PlatformLayout {
+    aperture_base: 0xc000_0000,
+    aperture_size: 0x1000_0000,
+    ..CXL_LAYOUT
+};
 use crate::{Machine, VmmError};
 
 /// The IOAPIC's MMIO page (KVM's in-kernel IOAPIC).
@@ -25,12 +35,6 @@ pub const IOAPIC_BASE: u64 = 0xfec0_0000;
 pub const LAPIC_BASE: u64 = 0xfee0_0000;
 /// COM1's interrupt line (ISA IRQ 4, GSI 4).
 pub const COM1_GSI: u32 = 4;
-/// Base port of the ACPI power registers (sleep control, sleep status, reset).
-pub const ACPI_POWER_PORT: u16 = 0x600;
-/// The `_S5` sleep type the DSDT announces.
-pub const S5_SLEEP_TYPE: u8 = 5;
-/// The value the FADT names for the reset register.
-pub const RESET_VALUE: u8 = 0x0e;
 /// Where the ACPI tables go: the BIOS area below 1 MiB (reserved as ACPI data).
 pub const ACPI_BASE: u64 = 0xe_0000;
 /// Room for the ACPI tables.
@@ -160,7 +164,7 @@ pub(crate) fn build(
                 t,
                 files,
                 &space,
-                CXL_LAYOUT,
+                LINUX_LAYOUT,
                 overlay_options(cfg.cxl_direct, cfg.vma_budget, &stopper),
             )
             .map_err(|e| {
@@ -180,11 +184,18 @@ pub(crate) fn build(
     let serial = Arc::new(Serial::with_irq(serial_out, SerialIrq::EventFd(irq)));
     let mut pio = PioBus::new();
     pio.insert("com1", ports::COM1, 8, serial.clone())?;
+    let power = cxlvm_acpi::PowerRegisters::CXLVM;
     pio.insert(
-        "acpi-power",
-        ACPI_POWER_PORT,
-        acpi_power::LEN,
-        Arc::new(AcpiPower::new(stopper.clone(), S5_SLEEP_TYPE, RESET_VALUE)),
+        "acpi-sleep",
+        power.sleep_control,
+        acpi_sleep::LEN,
+        Arc::new(AcpiSleep::new(stopper.clone(), cxlvm_acpi::S5_SLEEP_TYPE)),
+    )?;
+    pio.insert(
+        "acpi-reset",
+        power.reset,
+        1,
+        Arc::new(ResetRegister::new(stopper.clone(), power.reset_value)),
     )?;
     if let Some(c) = &cxl {
         let ctl = Arc::new(CxlControl {
@@ -218,6 +229,22 @@ pub(crate) fn build(
         })
         .collect();
     let mem = cxlvm_boot::guest_memory(&ranges).map_err(user)?;
+    let ram_list: Vec<(u64, u64)> = ram_ranges.iter().map(|&(g, s, _)| (g, s)).collect();
+    let platform = crate::acpi::platform(cfg.vcpus, &ram_list, IOAPIC_BASE, cxl.as_ref())?;
+    let acpi = crate::acpi::tables(&platform, ACPI_BASE)?;
+    if acpi.blob().len() as u64 > ACPI_SIZE {
+        return Err(VmmError::AcpiTooLarge {
+            size: acpi.blob().len(),
+            room: ACPI_SIZE,
+        });
+    }
+    ram.write(ACPI_BASE, acpi.blob())?;
+    if let Some(dir) = &cfg.dump_acpi {
+        acpi.dump(dir).map_err(|source| ConfigError::DumpAcpi {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
     let loaded = cxlvm_boot::load(
         &mem,
         &LinuxBoot {
@@ -225,7 +252,7 @@ pub(crate) fn build(
             initrd: k.initrd.clone(),
             cmdline: cfg.cmdline.clone(),
             memory_map: map,
-            rsdp: None,
+            rsdp: Some(acpi.rsdp_address()),
         },
     )
     .map_err(user)?;

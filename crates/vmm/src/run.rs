@@ -60,11 +60,31 @@ struct VcpuCtx {
     ctl: Arc<Control>,
 }
 
+/// The instruction bytes KVM attached to an emulation failure: `data` is [suberror, flags,
+/// length | bytes..., ...] with flags bit 0 set when the bytes are present (the length in the low
+/// byte of the first word after the flags, the bytes after it).
+fn kvm_instruction_bytes(data: &[u64]) -> Option<Vec<u8>> {
+    if data.first() != Some(&1) || data.get(1).is_none_or(|f| f & 1 == 0) {
+        return None;
+    }
+    let raw: Vec<u8> = data
+        .get(2..)?
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    let len = usize::from(*raw.first()?).min(raw.len() - 1);
+    (len > 0).then(|| raw[1..=len].to_vec())
+}
+
 fn fault(vcpu: &mut Vcpu, view: &FlatViewHandle, kind: FaultKind, data: Vec<u64>) -> Outcome {
     let rip = vcpu.rip();
-    let mut bytes = vec![0u8; 16];
-    // Test guests run identity-mapped, so RIP is a guest-physical address.
-    view.with(|v| v.read(rip, &mut bytes));
+    // KVM's own copy of the instruction when it gives one (right whatever the guest's paging);
+    // otherwise read at RIP, which is a guest-physical address for identity-mapped test guests.
+    let bytes = kvm_instruction_bytes(&data).unwrap_or_else(|| {
+        let mut b = vec![0u8; 16];
+        view.with(|v| v.read(rip, &mut b));
+        b
+    });
     Outcome::Fault {
         vcpu: vcpu.index(),
         kind,
@@ -417,5 +437,26 @@ fn stop_all(handles: &[std::thread::JoinHandle<()>]) {
             // A thread that already left its loop ignores the signal.
             let _ = h.kill(kick_signal());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instruction_bytes_come_from_kvm_data_when_flagged() {
+        // An INT3 reported by KVM: suberror 1, flags 1, 15 bytes "cc 90 90 90 90 83 7c 24 ...".
+        let data = [
+            0x1,
+            0x1,
+            0x7c83_9090_9090_cc0f,
+            0xc7c7_4827_7501_0424,
+            0x1000,
+        ];
+        let b = super::kvm_instruction_bytes(&data).unwrap();
+        assert_eq!(b.len(), 15);
+        assert_eq!(&b[..4], &[0xcc, 0x90, 0x90, 0x90]);
+        // No bytes flagged: nothing.
+        assert_eq!(super::kvm_instruction_bytes(&[0x1, 0x0, 0x0f]), None);
+        assert_eq!(super::kvm_instruction_bytes(&[0x2, 0x1, 0x0f]), None);
     }
 }

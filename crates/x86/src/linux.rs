@@ -140,6 +140,16 @@ pub fn linux_cpuid(cpuid: &mut CpuId, index: u32, count: u32, hypervisor: bool) 
                     }
                 }
             }
+            0x8000_0008 => {
+                // AMD: cores per package - 1 (NC) and the APIC id bits they take.
+                e.ecx = (e.ecx & !0xf0ff) | (core_bits << 12) | count.saturating_sub(1).min(255);
+            }
+            0x8000_001e => {
+                // AMD extended topology: APIC id, core id, one thread per core, one node.
+                e.eax = index;
+                e.ebx = index & 0xff;
+                e.ecx = 0;
+            }
             _ => {}
         }
     }

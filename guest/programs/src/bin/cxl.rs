@@ -13,6 +13,9 @@
 //!   interleaved region the way Linux commits one, optionally checks the data path (`direct`:
 //!   on the MMIO path and the direct mapping, with cxlvm's direct-mapping control, port 0x510,
 //!   and CXL window exit counter, port 0x514);
+//! - `firmware` (`regions=`, `lock=`, `words=`, `stride=`): finds the regions cxlvm committed
+//!   as firmware (`[[region]]`) the way Linux discovers them at boot, checks their decoders,
+//!   enables and locks, and uses them with zero exits from the first access;
 //! - `fuzz` (`ops=`, `seed=`): random accesses to HDM decoders, mailboxes, configuration space
 //!   and windows; the VMM must survive;
 //! - `stress` (`window=`, `size=`, `words=`, `iters=`; vCPUs 0 and 1): vCPU 0 streams stores
@@ -39,6 +42,8 @@ mod direct;
 mod enumerate;
 #[path = "cxl/exits.rs"]
 mod exits;
+#[path = "cxl/firmware.rs"]
+mod firmware;
 #[path = "cxl/fuzz.rs"]
 mod fuzz;
 #[path = "cxl/probe.rs"]
@@ -93,6 +98,7 @@ fn main(boot: &BootInfo, vcpu: u32) -> i32 {
         "enumerate" => enumerate::run(boot),
         "probe" => probe::run(boot),
         "region" => region::run(boot),
+        "firmware" => firmware::run(boot),
         "fuzz" => fuzz::run(boot),
         "bw" => bw::run(boot),
         "remap" => remap::run(boot),
@@ -100,7 +106,7 @@ fn main(boot: &BootInfo, vcpu: u32) -> i32 {
         "xsavec_loop" => xsavec_loop::run(boot),
         other => {
             println!(
-                "cxl: bad mode `{other}` (enumerate, probe, region, fuzz, stress, bw, remap, exits, xsavec_loop)"
+                "cxl: bad mode `{other}` (enumerate, probe, region, firmware, fuzz, stress, bw, remap, exits, xsavec_loop)"
             );
             Err(BAD_ARG)
         }
