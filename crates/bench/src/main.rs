@@ -11,7 +11,9 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use cxlvm_cxl::topology::Topology;
 use cxlvm_memory::RamBacking;
-use cxlvm_vmm::{FaultKind, Machine, MachineConfig, Outcome, RunReport, SerialOut};
+use cxlvm_vmm::{
+    Boot, FaultKind, LinuxKernel, Machine, MachineConfig, Outcome, RunReport, SerialOut,
+};
 use serde::Serialize;
 
 /// cxlvm benchmarks.
@@ -31,6 +33,13 @@ struct Args {
     /// (start-up and footprint must not see other machines of the same process).
     #[arg(long, hide = true, value_name = "DEVICE_BYTES")]
     single: Option<u64>,
+    /// Internal: boot this Linux kernel in this fresh process up to its first instruction and
+    /// print the start-up time as JSON (with --window: one CXL device of that many bytes).
+    #[arg(long, hide = true, value_name = "KERNEL")]
+    single_linux: Option<PathBuf>,
+    /// Internal: device (and window) bytes for --single-linux (0: no CXL).
+    #[arg(long, hide = true, default_value_t = 0)]
+    window: u64,
 }
 
 /// Start-up statistics of one machine in a fresh process: (start to first instruction in ms,
@@ -52,6 +61,41 @@ fn single_process(device_bytes: u64) -> anyhow::Result<(f64, f64, f64)> {
         f("rss_overhead_mib")?,
         f("guest_resident_mib")?,
     ))
+}
+
+/// Start to the boot vCPU's first instruction (ms) of a Linux kernel in a fresh process, with
+/// one CXL device and window of `window` bytes (0: none).
+fn linux_single_process(kernel: &std::path::Path, window: u64) -> anyhow::Result<f64> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("--single-linux")
+        .arg(kernel)
+        .args(["--window", &window.to_string()])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "single Linux run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    v["first_entry_ms"]
+        .as_f64()
+        .with_context(|| format!("first_entry_ms in {v}"))
+}
+
+/// The Linux kernel the start-up case boots: $CXLVM_BENCH_KERNEL, or the one
+/// scripts/debian-kernel.sh cached in target/linux.
+fn bench_kernel() -> Option<PathBuf> {
+    if let Some(k) = std::env::var_os("CXLVM_BENCH_KERNEL") {
+        return Some(PathBuf::from(k));
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("target/linux")
+        .ok()?
+        .filter_map(|e| Some(e.ok()?.path().join("vmlinux")))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    found.pop()
 }
 
 /// Median, min and max of one figure over the runs.
@@ -184,6 +228,11 @@ enum NotRun {
         /// The vm.max_map_count that would let it run.
         max_map_count_needed: u64,
     },
+    /// Something the case needs is not on this machine.
+    Missing {
+        /// What, and how to get it.
+        what: String,
+    },
     /// It started and failed; the error as printed.
     Failed {
         /// The error.
@@ -202,6 +251,7 @@ impl std::fmt::Display for NotRun {
                 f,
                 "skipped: needs {needed} host mappings, {room} left under vm.max_map_count (sysctl -w vm.max_map_count={max_map_count_needed} runs it)"
             ),
+            NotRun::Missing { what } => write!(f, "skipped: {what}"),
             NotRun::Failed { error } => write!(f, "failed: {error}"),
         }
     }
@@ -306,6 +356,32 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let Some(kernel) = &args.single_linux {
+        let topo = (args.window > 0).then(|| Topology::simple(1, args.window, 4096, false));
+        let cfg = MachineConfig {
+            memory: 256 * MIB,
+            cxl: topo,
+            serial: SerialOut::Null,
+            timeout: Some(Duration::from_millis(20)),
+            started: Some(Instant::now()),
+            ..MachineConfig::booting(Boot::Linux(LinuxKernel {
+                kernel: kernel.clone(),
+                initrd: None,
+                hypervisor_bit: false,
+            }))
+        };
+        let mut m = Machine::build(cfg)?;
+        let r = m.run()?;
+        let first = r
+            .stats
+            .start_to_first_entry_us
+            .context("the boot vCPU never entered")?;
+        println!(
+            "{}",
+            serde_json::json!({ "first_entry_ms": first as f64 / 1000.0 })
+        );
+        return Ok(());
+    }
     let runs = args.runs.unwrap_or(if args.quick { 1 } else { 5 }).max(1);
     let mut res = Results {
         machine: machine(),
@@ -357,7 +433,21 @@ fn main() -> anyhow::Result<()> {
     case(&mut res, "start-up and footprint", 1, |res| {
         startup(res, runs)
     });
-    // 6. XSAVEC / AVX survival.
+    // 6. Linux start-up: a ~60 MiB vmlinux to its first instruction, each in a fresh process.
+    match bench_kernel() {
+        Some(kernel) => case(&mut res, "Linux start-up", 1, |res| {
+            linux_startup(res, &kernel, runs)
+        }),
+        None => {
+            let why = NotRun::Missing {
+                what: "no Linux kernel: run scripts/debian-kernel.sh or set CXLVM_BENCH_KERNEL"
+                    .into(),
+            };
+            eprintln!("bench: Linux start-up: {why}");
+            res.not_run.insert("Linux start-up".into(), why);
+        }
+    }
+    // 7. XSAVEC / AVX survival.
     case(&mut res, "XSAVEC / AVX survival", 1, |res| {
         xsavec(res, args.quick, runs)
     });
@@ -554,6 +644,21 @@ fn startup(res: &mut Results, runs: usize) -> anyhow::Result<()> {
         res.startup.insert(
             format!("peak RSS beyond guest memory, one {name} device"),
             stat(vec![overhead], "MiB"),
+        );
+    }
+    Ok(())
+}
+
+fn linux_startup(res: &mut Results, kernel: &std::path::Path, runs: usize) -> anyhow::Result<()> {
+    let mib = std::fs::metadata(kernel)?.len() >> 20;
+    for (name, window) in [("no CXL", 0u64), ("a 1 TiB CXL window", 1 << 40)] {
+        let mut t = Vec::new();
+        for _ in 0..runs.max(3) {
+            t.push(linux_single_process(kernel, window)?);
+        }
+        res.startup.insert(
+            format!("start to a {mib} MiB vmlinux's first instruction, {name}"),
+            stat(t, "ms"),
         );
     }
     Ok(())

@@ -52,9 +52,9 @@ struct RunArgs {
         default_missing_value = "on"
     )]
     cpuid_hypervisor: Switch,
-    /// --kernel only: write every ACPI table cxlvm builds as DIR/<SIG>.dat (RSDP.dat, DSDT.dat,
-    /// CEDT.dat, ...), for people and tools such as `iasl -d`.
-    #[arg(long, value_name = "DIR", requires = "kernel")]
+    /// Write every ACPI table cxlvm builds (for --kernel or --guest) as DIR/<SIG>.dat
+    /// (RSDP.dat, DSDT.dat, CEDT.dat, ...), for people and tools such as `iasl -d`.
+    #[arg(long, value_name = "DIR")]
     dump_acpi: Option<PathBuf>,
     /// Guest RAM, e.g. 64M, 1G, 0x4000000.
     #[arg(long, default_value = "64M", value_parser = parse_size)]

@@ -435,3 +435,45 @@ fn region_errors() {
         "unknown field `ways`",
     );
 }
+
+#[test]
+fn dump_acpi_writes_a_test_guests_tables() {
+    let dir = tmp("acpi-dump");
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = run(&[
+        "--cxl-devices",
+        "2",
+        "--vcpus",
+        "2",
+        "--dump-acpi",
+        dir.to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // hello lists the tables entry (kind 9) and the ACPI memory.
+    assert!(out.contains("kind=acpi-tables base=0xe0000 "), "{out}");
+    assert!(
+        out.contains("base=0xe0000 size=0x20000 kind=acpi\n"),
+        "{out}"
+    );
+    for sig in [
+        "RSDP", "XSDT", "FACP", "DSDT", "APIC", "MCFG", "SRAT", "SLIT", "CEDT",
+    ] {
+        let f = dir.join(format!("{sig}.dat"));
+        assert!(f.is_file(), "{sig}.dat missing");
+    }
+    let rsdp = std::fs::read(dir.join("RSDP.dat")).unwrap();
+    assert_eq!(&rsdp[..8], b"RSD PTR ");
+    // A directory that cannot be created: one line, status 2, nothing runs.
+    let file = tmp("acpi-not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    user_error(
+        &run(&["--dump-acpi", file.join("sub").to_str().unwrap()]),
+        "--dump-acpi",
+    );
+}

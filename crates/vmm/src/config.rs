@@ -107,7 +107,8 @@ pub struct MachineConfig {
     /// Feed cxlvm's stdin to the guest's serial console during the run (Linux guests; the
     /// reading thread blocks on stdin and ends with the process, so libraries leave it off).
     pub console_input: bool,
-    /// Write every ACPI table as `<SIG>.dat` into this directory at build (Linux machines).
+    /// Write every ACPI table as `<SIG>.dat` into this directory at build (Linux machines and
+    /// test guests).
     pub dump_acpi: Option<PathBuf>,
 }
 

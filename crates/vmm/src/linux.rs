@@ -86,6 +86,25 @@ pub(crate) fn memory_map(ram: &[(u64, u64, u64)], ecam: Option<(u64, u64)>) -> V
     map
 }
 
+/// The kernel command line: the user's, plus the TSC frequency when the hypervisor bit is
+/// hidden. Without the bit the kernel has no kvmclock and no hypervisor CPUID leaf to learn the
+/// TSC frequency from; on AMD no CPUID leaf gives it at all, and the hardware-reduced ACPI
+/// platform has no PIT interrupt, HPET or PM timer to calibrate against. KVM's TSC is invariant
+/// (constant and non-stop), so cxlvm states its frequency (`tsc_early_khz`) and that it is
+/// reliable, unless the user's command line already says otherwise.
+pub(crate) fn kernel_cmdline(user: &str, hypervisor_bit: bool, tsc_khz: Option<u32>) -> String {
+    let mut cmdline = user.to_owned();
+    if let (false, Some(khz)) = (hypervisor_bit, tsc_khz) {
+        if !user.contains("tsc_early_khz=") {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        if !user.split_whitespace().any(|w| w.starts_with("tsc=")) {
+            cmdline.push_str(" tsc=reliable");
+        }
+    }
+    cmdline.trim_start().to_owned()
+}
+
 /// Builds a machine booting `k` as `cfg` describes; input errors come before any KVM work.
 pub(crate) fn build(
     cfg: MachineConfig,
@@ -245,12 +264,13 @@ pub(crate) fn build(
             source,
         })?;
     }
+    let cmdline = kernel_cmdline(&cfg.cmdline, k.hypervisor_bit, vcpus[0].tsc_khz());
     let loaded = cxlvm_boot::load(
         &mem,
         &LinuxBoot {
             kernel: k.kernel.clone(),
             initrd: k.initrd.clone(),
-            cmdline: cfg.cmdline.clone(),
+            cmdline,
             memory_map: map,
             rsdp: Some(acpi.rsdp_address()),
         },
@@ -301,4 +321,26 @@ pub(crate) fn build(
         console_input: cfg.console_input.then_some(serial),
         _vm: vm,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_cmdline;
+
+    #[test]
+    fn the_tsc_frequency_is_stated_only_without_the_hypervisor_bit() {
+        assert_eq!(
+            kernel_cmdline("console=ttyS0", false, Some(2_400_000)),
+            "console=ttyS0 tsc_early_khz=2400000 tsc=reliable"
+        );
+        assert_eq!(
+            kernel_cmdline("console=ttyS0", true, Some(1)),
+            "console=ttyS0"
+        );
+        assert_eq!(kernel_cmdline("", false, None), "");
+        assert_eq!(
+            kernel_cmdline("tsc_early_khz=5 tsc=unstable", false, Some(7)),
+            "tsc_early_khz=5 tsc=unstable"
+        );
+    }
 }

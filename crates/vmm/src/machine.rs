@@ -163,6 +163,34 @@ fn cxl_boot_devices(c: &CxlPlatform, devices: &mut Vec<Device>) {
     });
 }
 
+/// The test-guest machine's ACPI tables at [`layout::ACPI_TABLES`]: the platform a Linux machine
+/// with the same vCPUs, RAM and CXL platform would get (the I/O APIC described at its PC address
+/// although test guests have no interrupt controllers), written to `--dump-acpi` if asked.
+fn acpi_tables(
+    vcpus: u32,
+    ram_ranges: &[(u64, u64, u64)],
+    cxl: Option<&CxlPlatform>,
+    dump: Option<&std::path::Path>,
+) -> Result<cxlvm_acpi::AcpiTables, VmmError> {
+    let ram: Vec<(u64, u64)> = ram_ranges.iter().map(|&(g, s, _)| (g, s)).collect();
+    let platform = crate::acpi::platform(vcpus, &ram, crate::linux::IOAPIC_BASE, cxl)?;
+    let acpi = crate::acpi::tables(&platform, layout::ACPI_TABLES)?;
+    let room = layout::IMAGE_MIN - layout::ACPI_TABLES;
+    if acpi.blob().len() as u64 > room {
+        return Err(VmmError::AcpiTooLarge {
+            size: acpi.blob().len(),
+            room,
+        });
+    }
+    if let Some(dir) = dump {
+        acpi.dump(dir).map_err(|source| ConfigError::DumpAcpi {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(acpi)
+}
+
 /// A built machine, ready to run.
 pub struct Machine {
     pub(crate) space: Arc<Mutex<AddressSpace>>,
@@ -417,11 +445,29 @@ impl Machine {
         if let Some(c) = &cxl {
             cxl_boot_devices(c, &mut devices);
         }
+        let acpi = acpi_tables(
+            cfg.vcpus,
+            &ram_ranges,
+            cxl.as_ref(),
+            cfg.dump_acpi.as_deref(),
+        )?;
+        devices.push(Device {
+            kind: bootinfo::dev_kind::ACPI_TABLES,
+            flags: 0,
+            base: acpi.rsdp_address(),
+            size: acpi.blob().len() as u64,
+            port: 0,
+        });
         let mut mem_map: Vec<(u64, u64, u32)> = ram_ranges
             .iter()
             .map(|&(g, s, _)| (g, s, bootinfo::mem_kind::RAM))
             .collect();
-        mem_map.push((0, layout::IMAGE_MIN, bootinfo::mem_kind::RESERVED));
+        mem_map.push((0, layout::ACPI_TABLES, bootinfo::mem_kind::RESERVED));
+        mem_map.push((
+            layout::ACPI_TABLES,
+            layout::IMAGE_MIN - layout::ACPI_TABLES,
+            bootinfo::mem_kind::ACPI,
+        ));
         mem_map.push((
             top.stacks_bottom,
             low_end - top.stacks_bottom,
@@ -449,6 +495,7 @@ impl Machine {
             });
         }
         ram.write(layout::BOOT_INFO, &bi)?;
+        ram.write(layout::ACPI_TABLES, acpi.blob())?;
         ram.write(layout::GDT, &cpu::gdt())?;
         let pt = pt_plan.build(top.page_tables);
         ram.write(top.page_tables, &pt.bytes)?;

@@ -155,8 +155,11 @@ pub struct Stats {
     pub pio_exits: u64,
     /// MMIO bytes that hit no region (reads all-ones, writes dropped).
     pub unassigned_bytes: u64,
-    /// From cxlvm start to the guest's boot-mark write, in microseconds.
+    /// From cxlvm start to the guest's boot-mark write, in microseconds (test guests).
     pub start_to_first_instruction_us: Option<u64>,
+    /// From cxlvm start to the boot vCPU's first `KVM_RUN` (its first instruction follows at
+    /// once; the figure for kernels, which write no boot mark), in microseconds.
+    pub start_to_first_entry_us: Option<u64>,
     /// Wall-clock time the vCPUs ran, in microseconds.
     pub run_us: u64,
     /// Peak resident set size of the process, KiB (VmHWM).

@@ -25,6 +25,8 @@ struct Control {
     mmio_exits: AtomicU64,
     pio_exits: AtomicU64,
     unassigned: AtomicU64,
+    /// When the boot vCPU first entered `KVM_RUN`.
+    first_entry: std::sync::OnceLock<Instant>,
     /// The first thread that could not install its seccomp filter.
     confine_error: Mutex<Option<SeccompError>>,
 }
@@ -138,6 +140,10 @@ fn confine(kind: ThreadKind, filter: Option<&BpfProgram>, thread: &str, ctl: &Co
 fn vcpu_loop(mut vcpu: Vcpu, ctx: VcpuCtx) {
     vcpu.arm_kick();
     let ctl = &ctx.ctl;
+    if vcpu.index() == 0 {
+        // The boot vCPU's first entry: its first guest instruction follows at once.
+        ctl.first_entry.get_or_init(Instant::now);
+    }
     while !ctl.stop.load(Ordering::SeqCst) {
         let result = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
@@ -371,6 +377,10 @@ impl Machine {
             start_to_first_instruction_us: self
                 .boot_mark
                 .first()
+                .map(|t| t.saturating_duration_since(self.started).as_micros() as u64),
+            start_to_first_entry_us: ctl
+                .first_entry
+                .get()
                 .map(|t| t.saturating_duration_since(self.started).as_micros() as u64),
             run_us,
             peak_rss_kib: peak,

@@ -13,6 +13,8 @@ pub mod mem_kind {
     pub const RAM: u32 = 1;
     /// RAM reserved by cxlvm (boot info, GDT, page tables, stacks).
     pub const RESERVED: u32 = 2;
+    /// RAM holding the ACPI tables (reserved like [`RESERVED`]; the guest must not write it).
+    pub const ACPI: u32 = 3;
 }
 
 /// Device table kinds.
@@ -35,6 +37,9 @@ pub mod dev_kind {
     pub const CXL_WINDOW_TARGETS: u32 = 7;
     /// PCI MMIO aperture.
     pub const PCI_APERTURE: u32 = 8;
+    /// ACPI tables: `base` = the RSDP (revision 2), `size` = bytes of every table from the
+    /// RSDP on (they lie in `[base, base + size)`).
+    pub const ACPI_TABLES: u32 = 9;
 }
 
 /// One device table entry.

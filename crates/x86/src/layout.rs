@@ -8,6 +8,9 @@ pub const BOOT_INFO_MAX: u64 = 0x4000;
 pub const GDT: u64 = 0x5000;
 /// TSS used by every vCPU (CPL3 guests never switch stacks through it).
 pub const TSS: u64 = 0x5100;
+/// ACPI tables (the RSDP first), up to [`IMAGE_MIN`]: the same place as on Linux machines (the
+/// BIOS area), inside the reserved first MiB.
+pub const ACPI_TABLES: u64 = 0xE_0000;
 /// Lowest address a guest image may load at.
 pub const IMAGE_MIN: u64 = 0x10_0000;
 /// Low RAM ends at most here; the rest of RAM goes above 4 GiB.

@@ -297,6 +297,8 @@ pub enum MemoryKind {
     Ram,
     /// RAM reserved by cxlvm: boot info, GDT/TSS, page tables, stacks (2).
     Reserved,
+    /// RAM holding the ACPI tables (3), reserved like [`MemoryKind::Reserved`].
+    Acpi,
     /// A kind this kit does not know.
     Unknown(u32),
 }
@@ -307,6 +309,7 @@ impl MemoryKind {
         match raw {
             1 => Self::Ram,
             2 => Self::Reserved,
+            3 => Self::Acpi,
             n => Self::Unknown(n),
         }
     }
@@ -316,6 +319,7 @@ impl MemoryKind {
         match self {
             Self::Ram => 1,
             Self::Reserved => 2,
+            Self::Acpi => 3,
             Self::Unknown(n) => n,
         }
     }
@@ -326,6 +330,7 @@ impl fmt::Display for MemoryKind {
         match self {
             Self::Ram => f.write_str("ram"),
             Self::Reserved => f.write_str("reserved"),
+            Self::Acpi => f.write_str("acpi"),
             Self::Unknown(n) => write!(f, "unknown({n})"),
         }
     }
@@ -401,6 +406,9 @@ pub enum DeviceKind {
     CxlWindowTargets,
     /// PCI MMIO aperture (8): where cxlvm assigned BARs.
     PciMmio,
+    /// ACPI tables (9): `base` is the RSDP, `size` the bytes of every table from it on (in
+    /// reserved RAM; read them with the `acpi` module).
+    AcpiTables,
     /// A kind this kit does not know (the ABI says to skip these).
     Unknown(u32),
 }
@@ -417,6 +425,7 @@ impl DeviceKind {
             6 => Self::CxlWindow,
             7 => Self::CxlWindowTargets,
             8 => Self::PciMmio,
+            9 => Self::AcpiTables,
             n => Self::Unknown(n),
         }
     }
@@ -432,6 +441,7 @@ impl DeviceKind {
             Self::CxlWindow => 6,
             Self::CxlWindowTargets => 7,
             Self::PciMmio => 8,
+            Self::AcpiTables => 9,
             Self::Unknown(n) => n,
         }
     }
@@ -448,6 +458,7 @@ impl fmt::Display for DeviceKind {
             Self::CxlWindow => f.write_str("cxl-window"),
             Self::CxlWindowTargets => f.write_str("cxl-window-targets"),
             Self::PciMmio => f.write_str("pci-mmio"),
+            Self::AcpiTables => f.write_str("acpi-tables"),
             Self::Unknown(n) => write!(f, "unknown({n})"),
         }
     }
@@ -477,8 +488,9 @@ impl Device {
     /// Volatile access to the device's range.
     ///
     /// Safe because the ABI identity-maps every range the device table lists and such ranges
-    /// are platform ranges outside the RAM that holds the program and its data, so volatile
-    /// accesses there cannot alias anything Rust code owns. (An access may still end the run:
+    /// are platform ranges outside the RAM that holds the program and its data (or, for the
+    /// ACPI tables, reserved RAM no Rust code owns), so volatile accesses there cannot alias
+    /// anything Rust code owns. (An access may still end the run:
     /// an instruction KVM cannot emulate on MMIO is fatal.)
     pub fn mmio(&self) -> Mmio {
         // SAFETY: see above: the range is mapped and disjoint from memory Rust code uses.

@@ -16,6 +16,8 @@
 //! - PCI configuration space through ECAM ([`pci`]) and CXL registers ([`cxl`]): host bridges
 //!   and windows from the boot info, DVSECs, component registers and HDM decoders, device
 //!   registers and the mailbox;
+//! - the ACPI tables ([`acpi`]): found through the boot info, every checksum verified, the MADT,
+//!   MCFG, SRAT and CEDT parsed and compared with the boot info's platform;
 //! - small no-allocator helpers: [`fixed::FixedVec`], a seeded PRNG ([`rand::XorShift64`]) and
 //!   measurement arithmetic ([`stats`]: MB/s, TSC cycles to ns, percentiles);
 //! - `memcpy`/`memmove`/`memset`/`memcmp`/`bcmp`, which `core` needs and no libc provides;
@@ -40,6 +42,7 @@
 //! ```
 #![no_std]
 
+pub mod acpi;
 pub mod boot;
 pub mod console;
 pub mod cpu;
