@@ -298,7 +298,7 @@ pub(crate) fn dsdt(p: &Platform) -> Vec<u8> {
     if let Some(s) = &p.serial {
         sb.push(Raw(serial(s)));
     }
-    if let Some(ecam) = p.ecam.range() {
+    if let Some(ecam) = p.ecam.and_then(|e| e.range()) {
         sb.push(Raw(motherboard(&ecam)));
     }
     let children: Vec<&dyn Aml> = sb.iter().map(|r| r as &dyn Aml).collect();

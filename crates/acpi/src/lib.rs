@@ -16,7 +16,7 @@
 //!     ram: vec![MemRange::new(0, 256 << 20)],
 //!     ioapic: IoApic { id: 0, address: 0xfec0_0000, gsi_base: 0 },
 //!     overrides: vec![InterruptOverride::TIMER],
-//!     ecam: Ecam { base: 0xe000_0000, segment: 0, buses: BusRange { start: 0, end: 0xff } },
+//!     ecam: Some(Ecam { base: 0xe000_0000, segment: 0, buses: BusRange { start: 0, end: 0xff } }),
 //!     host_bridges: vec![HostBridge {
 //!         uid: 0,
 //!         buses: BusRange { start: 0x10, end: 0x1f },

@@ -475,7 +475,7 @@ pub struct Platform {
     /// ISA interrupt overrides (e.g. [`InterruptOverride::TIMER`]).
     pub overrides: Vec<InterruptOverride>,
     /// The ECAM (MCFG; also reserved by a `PNP0C02` device in the DSDT).
-    pub ecam: Ecam,
+    pub ecam: Option<Ecam>,
     /// CXL host bridges.
     pub host_bridges: Vec<HostBridge>,
     /// CXL fixed memory windows.
@@ -547,19 +547,19 @@ impl Platform {
     /// Every range the platform occupies, labelled, each checked non-empty and non-wrapping,
     /// then checked pairwise for overlap.
     fn check_ranges(&self) -> Result<(), AcpiError> {
-        let e = &self.ecam;
-        if !e.base.is_multiple_of(1 << 20) || e.buses.start > e.buses.end {
-            return Err(AcpiError::Ecam { ecam: *e });
-        }
-        let ecam = e.range().ok_or(AcpiError::Ecam { ecam: *e })?;
         let mut all: Vec<(Item, MemRange)> = Vec::new();
+        if let Some(e) = &self.ecam {
+            if !e.base.is_multiple_of(1 << 20) || e.buses.start > e.buses.end {
+                return Err(AcpiError::Ecam { ecam: *e });
+            }
+            all.push((Item::Ecam, e.range().ok_or(AcpiError::Ecam { ecam: *e })?));
+        }
         all.extend(
             self.ram
                 .iter()
                 .enumerate()
                 .map(|(i, r)| (Item::Ram { index: i }, *r)),
         );
-        all.push((Item::Ecam, ecam));
         for h in &self.host_bridges {
             all.push((Item::Chbcr { uid: h.uid }, h.chbcr));
             all.extend(h.mmio.iter().map(|r| (Item::Mmio { uid: h.uid }, *r)));
@@ -602,7 +602,7 @@ impl Platform {
                 return Err(AcpiError::DuplicateUid { uid: h.uid });
             }
             let b = h.buses;
-            let ecam = self.ecam.buses;
+            let ecam = self.ecam.map_or(BusRange { start: 1, end: 0 }, |e| e.buses);
             if b.start > b.end || b.start < ecam.start || b.end > ecam.end {
                 return Err(AcpiError::BusRange {
                     uid: h.uid,

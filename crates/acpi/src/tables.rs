@@ -232,15 +232,17 @@ pub(crate) fn madt(p: &Platform) -> Vec<u8> {
     sdt(*b"APIC", 5, &b)
 }
 
-/// MCFG revision 1: the ECAM.
+/// MCFG revision 1: the ECAM (no allocation entry on a machine without PCI).
 pub(crate) fn mcfg(p: &Platform) -> Vec<u8> {
     let mut b = Vec::with_capacity(24);
     b.zeros(8);
-    b.u64(p.ecam.base);
-    b.u16(p.ecam.segment);
-    b.u8(p.ecam.buses.start);
-    b.u8(p.ecam.buses.end);
-    b.u32(0);
+    if let Some(e) = &p.ecam {
+        b.u64(e.base);
+        b.u16(e.segment);
+        b.u8(e.buses.start);
+        b.u8(e.buses.end);
+        b.u32(0);
+    }
     sdt(*b"MCFG", 1, &b)
 }
 

@@ -42,14 +42,14 @@ fn platform() -> Platform {
             gsi_base: 0,
         },
         overrides: vec![InterruptOverride::TIMER],
-        ecam: Ecam {
+        ecam: Some(Ecam {
             base: 0xe000_0000,
             segment: 0,
             buses: BusRange {
                 start: 0,
                 end: 0xff,
             },
-        },
+        }),
         host_bridges: vec![hb(0, 0x10, 0xd010_0000), hb(1, 0x20, 0xd011_0000)],
         windows: vec![window(1 << 40, vec![0, 1])],
         serial: Some(SerialPort::COM1),
@@ -316,7 +316,7 @@ fn no_host_bridges_means_no_cedt_and_no_cxl_root() {
 #[test]
 fn ecam_above_4g_is_a_qword_consumer() {
     let mut p = platform();
-    p.ecam.base = 0x80_0000_0000;
+    p.ecam.as_mut().unwrap().base = 0x80_0000_0000;
     let t = build(&p);
     let dsdt = &t.get(TableKind::Dsdt).unwrap().bytes;
     // QWord memory descriptor: tag, length 43, memory, consumer|min fixed|max fixed.
@@ -334,7 +334,7 @@ fn ecam_above_4g_is_a_qword_consumer() {
 fn mmio_below_4g_reaching_4g_uses_a_qword() {
     let mut p = platform();
     p.ram = vec![MemRange::new(0, 1 << 20)];
-    p.ecam.base = 0x80_0000_0000;
+    p.ecam.as_mut().unwrap().base = 0x80_0000_0000;
     p.host_bridges[0].mmio = vec![MemRange::new(0, 1 << 32)];
     p.host_bridges[0].chbcr.base = 0x7f_0000_0000;
     p.host_bridges[1].chbcr.base = 0x7f_0001_0000;
@@ -401,7 +401,7 @@ fn invalid_platforms_are_refused() {
     assert!(matches!(err(&p), AcpiError::Overlap { .. }));
 
     let mut p = platform();
-    p.ecam.base += 0x1000;
+    p.ecam.as_mut().unwrap().base += 0x1000;
     assert!(matches!(err(&p), AcpiError::Ecam { .. }));
 
     let mut p = platform();
@@ -420,7 +420,7 @@ fn invalid_platforms_are_refused() {
     ));
 
     let mut p = platform();
-    p.ecam.buses.end = 0x1f;
+    p.ecam.as_mut().unwrap().buses.end = 0x1f;
     assert!(matches!(err(&p), AcpiError::BusRange { uid: 1, .. }));
 
     let mut p = platform();
@@ -549,4 +549,22 @@ fn xor_windows_of_one_granularity_share_one_cxims() {
     }
     assert_eq!(at, cedt.len());
     assert_eq!(cxims, vec![(Granularity::K4.encoded(), maps4)]);
+}
+
+#[test]
+fn without_an_ecam_the_mcfg_is_empty_and_nothing_reserves_one() {
+    let eisa = [0x41u8, 0xd0, 0x0c, 0x02];
+    let with = Layout::new(0xe_0000).build(&platform()).unwrap();
+    let dsdt = &with.get(TableKind::Dsdt).unwrap().bytes;
+    assert!(dsdt.windows(4).any(|w| w == eisa), "PNP0C02 with an ECAM");
+    let mut p = platform();
+    p.ecam = None;
+    p.host_bridges.clear();
+    p.windows.clear();
+    let t = Layout::new(0xe_0000).build(&p).unwrap();
+    let mcfg = &t.get(TableKind::Mcfg).unwrap().bytes;
+    assert_eq!(mcfg.len(), 36 + 8, "header and reserved field only");
+    let dsdt = &t.get(TableKind::Dsdt).unwrap().bytes;
+    // PNP0C02 as an EISA id (the motherboard-resources device) must be absent.
+    assert!(!dsdt.windows(4).any(|w| w == eisa), "no PNP0C02");
 }

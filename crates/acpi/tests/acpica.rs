@@ -242,7 +242,7 @@ fn iasl_decodes_the_platform() {
     assert_eq!(one(&madt, "Interrupt Input LINT"), "01");
 
     let mcfg = read("MCFG");
-    assert_eq!(hex(one(&mcfg, "Base Address")), p.ecam.base);
+    assert_eq!(hex(one(&mcfg, "Base Address")), p.ecam.unwrap().base);
     assert_eq!(one(&mcfg, "Segment Group Number"), "0000");
     assert_eq!(one(&mcfg, "Start Bus Number"), "00");
     assert_eq!(one(&mcfg, "End Bus Number"), "FF");

@@ -272,6 +272,12 @@ fn kernel_input_errors_are_one_line() {
         ]),
         &["initrd", "use more --memory"],
     );
+    // A kernel that loads beyond guest RAM (its one segment at 2 MiB is 80 MiB long).
+    let huge = pvh_kernel("huge.elf", &vec![0x90u8; 80 << 20], true);
+    user_error(
+        &cxlvm(&["run", "--kernel", huge.to_str().unwrap(), "--memory", "64M"]),
+        &["kernel", "huge.elf"],
+    );
     // --guest and --kernel together, or neither.
     user_error(
         &cxlvm(&["run", "--kernel", ks, "--guest", ks]),

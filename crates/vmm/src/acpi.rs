@@ -21,15 +21,7 @@ pub(crate) fn platform(
     cxl: Option<&CxlPlatform>,
 ) -> Result<Platform, VmmError> {
     let (ecam, host_bridges, windows) = match cxl {
-        None => (
-            Ecam {
-                base: crate::machine::CXL_LAYOUT.ecam_base,
-                segment: 0,
-                buses: BusRange { start: 0, end: 0 },
-            },
-            Vec::new(),
-            Vec::new(),
-        ),
+        None => (None, Vec::new(), Vec::new()),
         Some(c) => {
             let slices = split_aperture(
                 MemRange::new(c.aperture.0, c.aperture.1),
@@ -74,14 +66,14 @@ pub(crate) fn platform(
                 })
                 .collect::<Result<_, _>>()?;
             (
-                Ecam {
+                Some(Ecam {
                     base: c.ecam.0,
                     segment: 0,
                     buses: BusRange {
                         start: 0,
                         end: ((c.ecam.1 >> 20).saturating_sub(1)).min(255) as u8,
                     },
-                },
+                }),
                 hbs,
                 wins,
             )

@@ -36,7 +36,7 @@ pub const LAPIC_BASE: u64 = 0xfee0_0000;
 /// COM1's interrupt line (ISA IRQ 4, GSI 4).
 pub const COM1_GSI: u32 = 4;
 /// Where the ACPI tables go: the BIOS area below 1 MiB (reserved as ACPI data).
-pub const ACPI_BASE: u64 = 0xe_0000;
+pub const ACPI_BASE: u64 = layout::ACPI_TABLES;
 /// Room for the ACPI tables.
 pub const ACPI_SIZE: u64 = 0x2_0000;
 

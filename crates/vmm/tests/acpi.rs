@@ -131,3 +131,15 @@ fn corrupted_tables_make_the_guest_fail_naming_the_problem() {
         "serial:\n{text}"
     );
 }
+
+#[test]
+fn a_machine_without_cxl_has_no_ecam_in_its_tables() {
+    let (mut cfg, cap) = config("acpi", "");
+    cfg.vcpus = 1;
+    let (_m, r, text) = boot(cfg, &cap);
+    assert_eq!(r.outcome, Outcome::Exit(0), "serial:\n{text}");
+    assert!(
+        text.contains("acpi ok ") && text.contains(" chbs=0 cfmws=0 "),
+        "serial:\n{text}"
+    );
+}

@@ -56,11 +56,11 @@ fn sample() -> build::Platform {
             gsi_base: 0,
         },
         overrides: vec![build::InterruptOverride::TIMER],
-        ecam: build::Ecam {
+        ecam: Some(build::Ecam {
             base: 0xe000_0000,
             segment: 0,
             buses: build::BusRange { start: 0, end: 255 },
-        },
+        }),
         host_bridges: vec![
             hb(0, 0x10, 0xd010_0000, aperture[0]),
             hb(7, 0x20, 0xd011_0000, aperture[1]),

@@ -29,14 +29,14 @@ pub fn sample() -> Platform {
             gsi_base: 0,
         },
         overrides: vec![InterruptOverride::TIMER],
-        ecam: Ecam {
+        ecam: Some(Ecam {
             base: 0xe000_0000,
             segment: 0,
             buses: BusRange {
                 start: 0,
                 end: 0xff,
             },
-        },
+        }),
         host_bridges: vec![
             HostBridge {
                 uid: 0,
