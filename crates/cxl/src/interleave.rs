@@ -350,6 +350,16 @@ pub fn endpoint_position(
     found
 }
 
+/// XOR maps cxlvm publishes for a window of `ways` (power of 2) at granularity encoding `g`
+/// (docs/guest-abi.md).
+pub fn xormaps(ways: Ways, gran: Granularity) -> Vec<u64> {
+    let k = ways.pow2_bits();
+    let g = u32::from(gran.enc());
+    (0..k)
+        .map(|i| 1u64 << (8 + g + i) | 1u64 << (8 + g + k + 12 + i))
+        .collect()
+}
+
 /// Window-level XOR interleave arithmetic: bit `i` of the position is the parity of
 /// `hpa & xormaps[i]`, for `i` in `0 .. log2(ways)`.
 ///

@@ -1,4 +1,6 @@
-//! The CXL model of cxlvm.
+//! The CXL model of cxlvm: registers, decoders and decoding. Which decoded ranges are mapped
+//! directly is `cxlvm-mapping`'s job; assembling the guest-visible platform is
+//! `cxlvm-platform`'s.
 //!
 //! - [`interleave`]: interleave-ways / granularity encodings and the HPA <-> DPA maths.
 //! - [`hdm`]: HDM decoder capability register emulation with commit validation.
@@ -9,10 +11,6 @@
 //! - [`fabric`]: the live components (registers, enables) behind one lock; republishes the graph.
 //! - [`window`]: the fixed-window MMIO dispatcher over the decode graph.
 //! - [`dvsec`]: CXL DVSECs in PCI configuration space.
-//! - [`planner`] / [`overlay`]: which decoded ranges can be mapped directly, and keeping the RAM
-//!   alias overlays of the windows equal to that plan.
-//! - [`platform`]: builds the guest-visible platform (backings, fabric, windows, CHBCRs, PCI
-//!   functions, BARs) from a topology.
 //! - [`region`]: firmware-committed regions (`[[region]]`): checks, decoder and DPA planning,
 //!   and the commit at machine build.
 //! - [`topology`]: host bridges, devices, windows and regions from TOML or short flags, and their
@@ -27,9 +25,6 @@ pub mod graph;
 pub mod hdm;
 pub mod interleave;
 pub mod mailbox;
-pub mod overlay;
-pub mod planner;
-pub mod platform;
 pub mod region;
 pub mod topology;
 pub mod window;

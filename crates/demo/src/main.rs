@@ -92,7 +92,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,cxlvm_cxl::overlay=info")
+                tracing_subscriber::EnvFilter::new("warn,cxlvm_mapping::overlay=info")
             }),
         )
         .with_target(false)

@@ -5,7 +5,7 @@ use cxlvm_acpi::{
     InterruptOverride, IoApic, Layout, MemRange, Platform, PowerRegisters, Restrictions,
     SerialPort, Ways, split_aperture,
 };
-use cxlvm_cxl::platform::CxlPlatform;
+use cxlvm_platform::CxlPlatform;
 
 use crate::VmmError;
 
@@ -37,7 +37,7 @@ pub(crate) fn platform(
                         start: h.root_bus,
                         end: h.root_bus.saturating_add(BUSES_PER_HOST_BRIDGE - 1),
                     },
-                    chbcr: MemRange::new(h.chbcr, cxlvm_cxl::platform::COMPONENT_SIZE),
+                    chbcr: MemRange::new(h.chbcr, cxlvm_platform::COMPONENT_SIZE),
                     mmio: vec![mmio],
                 })
                 .collect();

@@ -218,7 +218,7 @@ pub enum ConfigError {
     Topology(#[from] cxlvm_cxl::topology::TopologyError),
     /// A CXL device's file or memory cannot be used.
     #[error("CXL topology: {0}")]
-    Platform(#[source] cxlvm_cxl::platform::PlatformError),
+    Platform(#[source] cxlvm_platform::PlatformError),
     /// The initrd cannot be read.
     #[error("cannot read initrd {path}: {source}")]
     InitrdUnreadable {

@@ -44,7 +44,7 @@ pub enum VmmError {
     Pio(#[from] cxlvm_devices::PioError),
     /// The CXL platform could not be built (not the user's input: an internal or host failure).
     #[error(transparent)]
-    Platform(cxlvm_cxl::platform::PlatformError),
+    Platform(cxlvm_platform::PlatformError),
     /// Loading the kernel failed inside cxlvm (not the image's fault).
     #[error("kernel boot: {0}")]
     Boot(#[source] cxlvm_boot::BootError),

@@ -7,17 +7,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cxlvm_boot::{Entry, LinuxBoot, MemEntry, MemKind, RamRange};
-use cxlvm_cxl::platform::CxlPlatform;
 use cxlvm_cxl::topology::AddressLimits;
 use cxlvm_devices::{AcpiSleep, PioBus, ResetRegister, Serial, SerialIrq, Stopper, acpi_sleep};
 use cxlvm_kvm::{Hypervisor, LinuxEntry, SlotTable};
 use cxlvm_memory::{AddressSpace, RamBacking};
+use cxlvm_platform::CxlPlatform;
 use cxlvm_x86::layout::{self, ports};
 use tracing::info;
 
 use crate::config::{ConfigError, LinuxKernel, MachineConfig};
 use crate::machine::{CXL_LAYOUT, CxlControl, CxlExits, overlay_options, serial_writer};
-use cxlvm_cxl::platform::PlatformLayout;
+use cxlvm_platform::PlatformLayout;
 
 /// Linux machines put the BAR aperture below 4 GiB, after low RAM: a root port forwards
 /// non-prefetchable memory only through its 32-bit window, so 64-bit non-prefetchable BARs

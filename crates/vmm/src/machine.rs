@@ -16,11 +16,11 @@ use tracing::{debug, info};
 use crate::VmmError;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cxlvm_cxl::overlay::OverlayManager;
-use cxlvm_cxl::platform::{self, CxlPlatform, OverlayOptions, PlatformLayout};
 use cxlvm_cxl::topology::AddressLimits;
 use cxlvm_cxl::window::WindowDispatcher;
 use cxlvm_devices::{PioDevice, StopReason};
+use cxlvm_mapping::overlay::OverlayManager;
+use cxlvm_platform::{self as platform, CxlPlatform, OverlayOptions, PlatformLayout};
 
 use crate::config::{ConfigError, MachineConfig, SerialOut};
 

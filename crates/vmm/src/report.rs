@@ -212,7 +212,7 @@ pub struct WindowState {
     /// Of those, unclaimed bytes/accesses.
     pub unclaimed: u64,
     /// How each decoded range is served.
-    pub ranges: Vec<cxlvm_cxl::overlay::RangeState>,
+    pub ranges: Vec<cxlvm_mapping::overlay::RangeState>,
 }
 
 /// The machine's memory state: what `cxlvm run --mtree` prints at exit and on SIGUSR1.

@@ -6,9 +6,9 @@
 mod common;
 
 use common::{VERIFY_TAG, boot, config};
-use cxlvm_cxl::overlay::RangeMode;
-use cxlvm_cxl::planner::MmioReason;
 use cxlvm_cxl::topology::Topology;
+use cxlvm_mapping::overlay::RangeMode;
+use cxlvm_mapping::planner::MmioReason;
 use cxlvm_vmm::Outcome;
 
 fn run(topo: Topology, cmdline: &str, vcpus: u32) -> (cxlvm_vmm::Machine, String) {

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{VERIFY_TAG, boot, config};
-use cxlvm_cxl::overlay::RangeMode;
 use cxlvm_cxl::topology::Topology;
+use cxlvm_mapping::overlay::RangeMode;
 use cxlvm_vmm::Outcome;
 
 const MIB: u64 = 1 << 20;

@@ -12,8 +12,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use common::{boot, config};
-use cxlvm_cxl::overlay::RangeMode;
 use cxlvm_cxl::topology::Topology;
+use cxlvm_mapping::overlay::RangeMode;
 use cxlvm_seccomp::{EXIT_STATUS, Violation};
 use cxlvm_vmm::{Machine, Outcome, SerialOut};
 

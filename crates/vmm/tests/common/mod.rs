@@ -46,7 +46,7 @@ pub fn word(m: &cxlvm_memory::RamBacking, i: u64) -> u64 {
 pub const VERIFY_TAG: u64 = 0xC710_0000_0000_0000;
 
 /// Asserts that device `dev`'s volatile memory holds the verify word of `hpa` at `dpa`.
-pub fn assert_verify_word(cxl: &cxlvm_cxl::platform::CxlPlatform, dev: usize, dpa: u64, hpa: u64) {
+pub fn assert_verify_word(cxl: &cxlvm_platform::CxlPlatform, dev: usize, dpa: u64, hpa: u64) {
     let mut b = [0u8; 8];
     cxl.memories[dev]
         .volatile

@@ -79,10 +79,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::graph::{DecodeGraph, DeviceNode, HostBridgeNode, Target, WindowNode};
-use crate::hdm::CommittedDecoder;
-use crate::interleave::{Granularity, Ways};
-use crate::topology::Arithmetic;
+use cxlvm_cxl::graph::{DecodeGraph, DeviceNode, HostBridgeNode, Target, WindowNode};
+use cxlvm_cxl::hdm::CommittedDecoder;
+use cxlvm_cxl::interleave::{Granularity, Ways};
+use cxlvm_cxl::topology::Arithmetic;
 
 /// Page size of RAM overlays: mappings must be aligned to it in HPA and DPA.
 pub const PAGE_SIZE: u64 = 4096;

@@ -15,10 +15,10 @@ use arc_swap::ArcSwap;
 use cxlvm_memory::{AddressSpace, RamBacking, RegionId};
 use tracing::{error, info, warn};
 
-use crate::fabric::DecodeListener;
-use crate::graph::DecodeGraph;
 use crate::planner::{self, BuildFailure, MmioReason, Piece, RangePlan};
-use crate::window::DeviceMemory;
+use cxlvm_cxl::fabric::DecodeListener;
+use cxlvm_cxl::graph::DecodeGraph;
+use cxlvm_cxl::window::DeviceMemory;
 
 /// Why the overlays could not follow the decoders (the VM must stop: a mapping they no longer
 /// justify may remain).

@@ -7,6 +7,7 @@
 //! ends and every piece's first and last byte, goes where the plan says) and completeness (every
 //! claimed HPA sampled across the windows is covered, no unclaimed one is mapped).
 
+#[path = "../../cxl/tests/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
@@ -16,10 +17,10 @@ use common::{caps, commit, hdm_base, uncommit, wr32};
 use cxlvm_cxl::fabric::{ComponentId, ComponentMmio, Fabric, FabricSpec};
 use cxlvm_cxl::graph::{DecodeGraph, DeviceNode, HostBridgeNode, PortNode, Target, WindowNode};
 use cxlvm_cxl::hdm::CommittedDecoder;
+use cxlvm_cxl::interleave::xormaps;
 use cxlvm_cxl::interleave::{Granularity, Ways};
-use cxlvm_cxl::planner::{MmioReason, PAGE_SIZE, Piece, RangePlan, plan};
-use cxlvm_cxl::platform::xormaps;
 use cxlvm_cxl::topology::Arithmetic;
+use cxlvm_mapping::planner::{MmioReason, PAGE_SIZE, Piece, RangePlan, plan};
 use proptest::prelude::*;
 
 const MIB: u64 = 1 << 20;

@@ -2,7 +2,8 @@
 //! fabric, fixed windows (containers holding the decoding dispatcher), host-bridge component
 //! registers (CHBCR), root ports and Type-3 endpoints on a PCIe segment behind ECAM, and BARs
 //! assigned like firmware, and the topology's `[[region]]`s committed like firmware
-//! ([`crate::region`]).
+//! ([`cxlvm_cxl::region`]).
+#![forbid(unsafe_code)]
 
 use std::fs::OpenOptions;
 use std::sync::{Arc, Mutex};
@@ -14,15 +15,15 @@ use cxlvm_pci::{
 };
 use tracing::info;
 
-use crate::devregs::DeviceRegs;
-use crate::dvsec;
-use crate::fabric::{ComponentId, ComponentMmio, Fabric, FabricSpec};
-use crate::graph::WindowNode;
-use crate::interleave::{Granularity, Ways};
-use crate::mailbox::{Mailbox, MemdevParams};
-use crate::overlay::OverlayManager;
-use crate::topology::{Arithmetic, LSA_SIZE, Topology};
-use crate::window::{DeviceMemory, WindowDispatcher};
+use cxlvm_cxl::devregs::DeviceRegs;
+use cxlvm_cxl::dvsec;
+use cxlvm_cxl::fabric::{ComponentId, ComponentMmio, Fabric, FabricSpec};
+use cxlvm_cxl::graph::WindowNode;
+use cxlvm_cxl::interleave::{Granularity, Ways, xormaps};
+use cxlvm_cxl::mailbox::{Mailbox, MemdevParams};
+use cxlvm_cxl::topology::{Arithmetic, LSA_SIZE, Topology};
+use cxlvm_cxl::window::{DeviceMemory, WindowDispatcher};
+use cxlvm_mapping::overlay::OverlayManager;
 
 /// PCI vendor ID cxlvm's functions use (Red Hat, the vendor of many emulated devices).
 pub const PCI_VENDOR: u16 = 0x1b36;
@@ -55,13 +56,13 @@ pub struct OverlayOptions {
     /// Allow direct mappings at start (else everything stays on the MMIO path until enabled).
     pub direct: bool,
     /// Stops the VM when a mapping the decoders no longer justify cannot be removed.
-    pub fatal: Box<dyn Fn(crate::overlay::OverlayFailure) + Send + Sync>,
+    pub fatal: Box<dyn Fn(cxlvm_mapping::overlay::OverlayFailure) + Send + Sync>,
 }
 
 /// Root bus of host bridge `i`: each host bridge owns 16 buses, host bridge 0 from bus 0x10,
 /// host bridge 14 from 0xf0, and the 16th (index 15) takes the remaining buses 0x00-0x0f.
 pub fn root_bus(i: usize) -> u8 {
-    debug_assert!(i < crate::topology::MAX_HOST_BRIDGES);
+    debug_assert!(i < cxlvm_cxl::topology::MAX_HOST_BRIDGES);
     (((i + 1) % 16) * 0x10) as u8
 }
 
@@ -133,10 +134,10 @@ pub enum PlatformError {
     },
     /// The regions could not be planned (the topology was not validated).
     #[error("CXL regions: {0}")]
-    Regions(#[source] Box<crate::topology::TopologyError>),
+    Regions(#[source] Box<cxlvm_cxl::topology::TopologyError>),
     /// A firmware commit failed although validation accepted the region.
     #[error("CXL firmware commit: {0}")]
-    Firmware(#[source] Box<crate::region::FirmwareError>),
+    Firmware(#[source] Box<cxlvm_cxl::region::FirmwareError>),
     /// The devices' BARs do not fit in the PCI MMIO aperture.
     #[error("too many CXL BARs for the {aperture_mib} MiB PCI MMIO aperture")]
     ApertureFull {
@@ -225,21 +226,11 @@ pub struct CxlPlatform {
     /// The RAM alias overlays of the windows.
     pub overlays: Arc<OverlayManager>,
     /// The regions committed at build (`[[region]]`), in topology order.
-    pub regions: Vec<crate::region::RegionPlan>,
+    pub regions: Vec<cxlvm_cxl::region::RegionPlan>,
 }
 
 /// A device's opened (persistent capacity, label storage area) files.
 pub type DeviceFiles = (Option<std::fs::File>, Option<std::fs::File>);
-
-/// XOR maps cxlvm publishes for a window of `ways` (power of 2) at granularity encoding `g`
-/// (docs/guest-abi.md).
-pub fn xormaps(ways: Ways, gran: Granularity) -> Vec<u64> {
-    let k = ways.pow2_bits();
-    let g = u32::from(gran.enc());
-    (0..k)
-        .map(|i| 1u64 << (8 + g + i) | 1u64 << (8 + g + k + 12 + i))
-        .collect()
-}
 
 struct DevRegsMmio(Mutex<DeviceRegs>);
 
@@ -729,8 +720,9 @@ impl CxlPlatform {
         }
         // Regions, like firmware: committed before the overlays see the first graph, so their
         // mappings are planned once and in place before the guest starts.
-        let regions = crate::region::plan(topo).map_err(|e| PlatformError::Regions(Box::new(e)))?;
-        crate::region::commit(topo, &regions, &fabric, &endpoints, &dvsecs, &root_ports)
+        let regions =
+            cxlvm_cxl::region::plan(topo).map_err(|e| PlatformError::Regions(Box::new(e)))?;
+        cxlvm_cxl::region::commit(topo, &regions, &fabric, &endpoints, &dvsecs, &root_ports)
             .map_err(|e| PlatformError::Firmware(Box::new(e)))?;
         for r in &regions {
             info!(

@@ -4,9 +4,9 @@
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use cxlvm_cxl::platform::{CxlPlatform, PlatformLayout};
 use cxlvm_cxl::topology::{AddressLimits, Topology};
 use cxlvm_memory::AddressSpace;
+use cxlvm_platform::{CxlPlatform, PlatformLayout};
 
 fn build(topo: &str) -> (CxlPlatform, Arc<Mutex<AddressSpace>>) {
     let mut t = Topology::from_toml(topo).unwrap();
@@ -24,7 +24,7 @@ fn build(topo: &str) -> (CxlPlatform, Arc<Mutex<AddressSpace>>) {
         aperture_base: 0x40_0000_0000,
         aperture_size: 1 << 30,
     };
-    let options = cxlvm_cxl::platform::OverlayOptions {
+    let options = cxlvm_platform::OverlayOptions {
         vma_budget: 100_000,
         direct: true,
         fatal: Box::new(|e| panic!("{e}")),

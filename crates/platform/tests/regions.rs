@@ -14,13 +14,13 @@ use cxlvm_cxl::hdm::{
     HDM_DECODER_STRIDE, HDM_DECODER0, HDM_GLOBAL_CTRL,
 };
 use cxlvm_cxl::interleave::{Granularity, Ways};
-use cxlvm_cxl::overlay::RangeMode;
-use cxlvm_cxl::planner::{self, RangePlan};
-use cxlvm_cxl::platform::{CxlPlatform, OverlayOptions, PlatformError, PlatformLayout};
 use cxlvm_cxl::region::Capacity;
 use cxlvm_cxl::topology::{AddressLimits, Topology};
+use cxlvm_mapping::overlay::RangeMode;
+use cxlvm_mapping::planner::{self, RangePlan};
 use cxlvm_memory::{AddressSpace, MmioHandler};
 use cxlvm_pci::PciFunction;
+use cxlvm_platform::{CxlPlatform, OverlayOptions, PlatformError, PlatformLayout};
 
 const MIB: u64 = 1 << 20;
 const W0: u64 = 1 << 40;

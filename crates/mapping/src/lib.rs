@@ -1,0 +1,10 @@
+//! Direct mappings of decoded CXL ranges.
+//!
+//! - [`planner`]: which HPA ranges of the windows can be RAM overlays (linear, interleaved) and
+//!   why the others stay on the MMIO path, derived from a decode graph alone.
+//! - [`overlay`]: keeps every window's RAM overlays equal to the current plan, in one memory
+//!   transaction inside the guest's register write (the fabric's decode listener).
+#![forbid(unsafe_code)]
+
+pub mod overlay;
+pub mod planner;
