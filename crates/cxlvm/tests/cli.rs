@@ -1,44 +1,20 @@
 //! The `cxlvm` binary: bad input gives one clear line and exit status 2; good runs pass the
 //! guest's status through.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn cxlvm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cxlvm"))
-        .args(args)
-        .output()
-        .expect("cxlvm binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Asserts status 2 and exactly one stderr line containing `needle`.
-fn user_error(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
-    assert_eq!(err.lines().count(), 1, "one line expected, got:\n{err}");
-    assert!(err.contains(needle), "expected '{needle}' in: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
+use common::{cxlvm, guest, require_kvm, stderr};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cxlvm-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    common::tmp("cli", name)
 }
 
-fn guest(name: &str) -> String {
-    cxlvm_test_guests::path(name).display().to_string()
-}
-
-fn require_kvm() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "this test boots a guest and needs /dev/kvm, which is missing"
-    );
+/// Status 2 and exactly one stderr line containing `needle`.
+fn user_error(o: &Output, needle: &str) {
+    common::user_error(o, &[needle]);
 }
 
 #[test]

@@ -2,54 +2,16 @@
 //! never a panic, a hang or a half-started VM (issue 8's defects, each with the case that used
 //! to fail).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cxlvm"))
-}
-
-fn cxlvm(args: &[&str]) -> Output {
-    bin().args(args).output().expect("cxlvm binary runs")
-}
-
-fn guest(name: &str) -> String {
-    cxlvm_test_guests::path(name).display().to_string()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{bin, cxlvm, guest, require_kvm, stderr, user_error};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cxlvm-cli-hard-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
-}
-
-fn require_kvm() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "this test boots a guest and needs /dev/kvm, which is missing"
-    );
-}
-
-/// Status 2, exactly one stderr line containing every needle, no panic, nothing on stdout (no
-/// guest ran).
-fn user_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
-    assert_eq!(err.lines().count(), 1, "one line expected, got:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "expected '{n}' in: {err}");
-    }
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(
-        o.stdout.is_empty(),
-        "no guest may run: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    common::tmp("cli-hard", name)
 }
 
 fn with_topology(name: &str, toml: &str, extra: &[&str]) -> Output {

@@ -2,40 +2,15 @@
 //! with tiny PVH kernels written here (32-bit ring-0 code that does one thing), so the checks
 //! take milliseconds. A real Linux kernel boots in tests/linux_boot.rs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::{cxlvm, require_kvm, stderr, user_error};
+
 fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("cxlvm-cli-linux-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
-}
-
-fn cxlvm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cxlvm"))
-        .args(args)
-        .output()
-        .expect("cxlvm runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn require_kvm() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "this test boots a guest and needs /dev/kvm, which is missing"
-    );
-}
-
-fn user_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
-    assert_eq!(err.lines().count(), 1, "one line expected, got:\n{err}");
-    for n in needles {
-        assert!(err.contains(n), "expected '{n}' in: {err}");
-    }
+    common::tmp("cli-linux", name)
 }
 
 const LOAD: u64 = 0x20_0000;

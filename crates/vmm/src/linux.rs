@@ -2,21 +2,21 @@
 //! IRQ 4, ACPI power registers, the e820/PVH memory map, and the kernel loaded through
 //! `cxlvm-boot`. The CXL platform is the same as for test guests.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cxlvm_boot::{Entry, LinuxBoot, MemEntry, MemKind, RamRange};
-use cxlvm_cxl::topology::AddressLimits;
 use cxlvm_devices::{AcpiSleep, PioBus, ResetRegister, Serial, SerialIrq, Stopper, acpi_sleep};
 use cxlvm_kvm::{Hypervisor, LinuxEntry, SlotTable};
 use cxlvm_memory::{AddressSpace, RamBacking};
-use cxlvm_platform::CxlPlatform;
 use cxlvm_x86::layout::{self, ports};
 use tracing::info;
 
+use crate::config::SerialOut;
 use crate::config::{ConfigError, LinuxKernel, MachineConfig};
-use crate::machine::{CXL_LAYOUT, CxlControl, CxlExits, overlay_options, serial_writer};
+use crate::machine::{
+    CXL_LAYOUT, add_cxl_ports, build_cxl, check_topology, place_ram, serial_writer,
+};
 use cxlvm_platform::PlatformLayout;
 
 /// Linux machines put the BAR aperture below 4 GiB, after low RAM: a root port forwards
@@ -133,23 +133,10 @@ pub(crate) fn build(
     let mut reserved: Vec<(u64, u64)> = ram_ranges.iter().map(|&(g, s, _)| (g, s)).collect();
     reserved.push((IOAPIC_BASE, 0x1000));
     reserved.push((LAPIC_BASE, 0x1000));
-    let mut topo = cfg.cxl;
-    if let Some(t) = topo.as_mut() {
-        let limits = AddressLimits {
-            reserved: reserved
-                .iter()
-                .map(|&(b, s)| (b, b + s, format!("platform range [{b:#x}, {:#x})", b + s)))
-                .collect(),
-            window_min: layout::CXL_WINDOW_MIN,
-            window_max: layout::CXL_WINDOW_MAX,
-        };
-        t.validate(&limits).map_err(ConfigError::Topology)?;
-    }
-    let serial_out = serial_writer(cfg.serial)?;
-    let cxl_files = match &topo {
-        Some(t) => Some(CxlPlatform::open_files(t).map_err(ConfigError::Platform)?),
-        None => None,
-    };
+    let mut cfg = cfg;
+    let mut topo = cfg.cxl.take();
+    let cxl_files = check_topology(&mut topo, &reserved)?;
+    let serial_out = serial_writer(std::mem::replace(&mut cfg.serial, SerialOut::Null))?;
 
     // KVM, interrupt controllers, memory.
     let hv = Hypervisor::open(&cfg.kvm_path)?;
@@ -159,43 +146,18 @@ pub(crate) fn build(
     let slots = Arc::new(SlotTable::default());
     let mut space = AddressSpace::new("system", layout::MAX_GPA);
     space.add_listener(Box::new(vm.slot_listener(slots.clone())))?;
-    {
-        let root = space.root();
-        let mut tx = space.begin();
-        for (i, &(gpa, size, off)) in ram_ranges.iter().enumerate() {
-            let r = tx.add_ram(
-                if i == 0 { "ram-low" } else { "ram-high" },
-                ram.clone(),
-                off,
-                size,
-                false,
-            )?;
-            tx.place(root, r, gpa, 0)?;
-        }
-        tx.commit()?;
-    }
+    place_ram(&mut space, &ram, &ram_ranges)?;
     let view = space.view_handle();
     let space = Arc::new(Mutex::new(space));
     let stopper = Arc::new(Stopper::default());
-    let cxl = match (&topo, cxl_files) {
-        (Some(t), Some(files)) => Some(
-            CxlPlatform::build(
-                t,
-                files,
-                &space,
-                LINUX_LAYOUT,
-                overlay_options(cfg.cxl_direct, cfg.vma_budget, &stopper),
-            )
-            .map_err(|e| {
-                if e.is_user_error() {
-                    VmmError::Config(ConfigError::Platform(e))
-                } else {
-                    VmmError::Platform(e)
-                }
-            })?,
-        ),
-        _ => None,
-    };
+    let cxl = build_cxl(
+        topo.as_ref(),
+        cxl_files,
+        &space,
+        LINUX_LAYOUT,
+        &cfg,
+        &stopper,
+    )?;
 
     // Port I/O: COM1 on IRQ 4, the ACPI power registers, the CXL control ports.
     let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
@@ -216,15 +178,7 @@ pub(crate) fn build(
         1,
         Arc::new(ResetRegister::new(stopper.clone(), power.reset_value)),
     )?;
-    if let Some(c) = &cxl {
-        let ctl = Arc::new(CxlControl {
-            overlays: c.overlays.clone(),
-            dispatchers: c.dispatchers.clone(),
-            baseline: AtomicU64::new(0),
-        });
-        pio.insert("cxl-direct", ports::CXL_DIRECT, 4, ctl.clone())?;
-        pio.insert("cxl-exits", ports::CXL_EXITS, 4, Arc::new(CxlExits(ctl)))?;
-    }
+    add_cxl_ports(&mut pio, cxl.as_ref())?;
     let pio = Arc::new(pio);
 
     // vCPUs (after the irqchip, so each gets an in-kernel LAPIC).

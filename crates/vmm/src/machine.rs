@@ -104,6 +104,94 @@ impl PioDevice for CxlExits {
     }
 }
 
+/// Validates the topology against the machine's own ranges (`reserved`: RAM, devices) and opens
+/// its device files: every user error of the CXL configuration, before anything starts.
+pub(crate) fn check_topology(
+    topo: &mut Option<cxlvm_cxl::topology::Topology>,
+    reserved: &[(u64, u64)],
+) -> Result<Option<Vec<platform::DeviceFiles>>, VmmError> {
+    let Some(t) = topo.as_mut() else {
+        return Ok(None);
+    };
+    let limits = AddressLimits {
+        reserved: reserved
+            .iter()
+            .map(|&(b, s)| (b, b + s, format!("platform range [{b:#x}, {:#x})", b + s)))
+            .collect(),
+        window_min: layout::CXL_WINDOW_MIN,
+        window_max: layout::CXL_WINDOW_MAX,
+    };
+    t.validate(&limits).map_err(ConfigError::Topology)?;
+    Ok(Some(
+        CxlPlatform::open_files(t).map_err(ConfigError::Platform)?,
+    ))
+}
+
+/// Places guest RAM (`(gpa, size, offset in ram)` ranges) in the address space.
+pub(crate) fn place_ram(
+    space: &mut AddressSpace,
+    ram: &Arc<RamBacking>,
+    ranges: &[(u64, u64, u64)],
+) -> Result<(), VmmError> {
+    let root = space.root();
+    let mut tx = space.begin();
+    for (i, &(gpa, size, off)) in ranges.iter().enumerate() {
+        let r = tx.add_ram(
+            if i == 0 { "ram-low" } else { "ram-high" },
+            ram.clone(),
+            off,
+            size,
+            false,
+        )?;
+        tx.place(root, r, gpa, 0)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Builds the CXL platform of a checked topology into `space` (user errors stay user errors).
+pub(crate) fn build_cxl(
+    topo: Option<&cxlvm_cxl::topology::Topology>,
+    files: Option<Vec<platform::DeviceFiles>>,
+    space: &Arc<Mutex<AddressSpace>>,
+    layout: PlatformLayout,
+    cfg: &MachineConfig,
+    stopper: &Arc<Stopper>,
+) -> Result<Option<CxlPlatform>, VmmError> {
+    let (Some(t), Some(files)) = (topo, files) else {
+        return Ok(None);
+    };
+    CxlPlatform::build(
+        t,
+        files,
+        space,
+        layout,
+        overlay_options(cfg.cxl_direct, cfg.vma_budget, stopper),
+    )
+    .map(Some)
+    .map_err(|e| {
+        if e.is_user_error() {
+            VmmError::Config(ConfigError::Platform(e))
+        } else {
+            VmmError::Platform(e)
+        }
+    })
+}
+
+/// Registers the CXL control ports (0x510 direct mapping, 0x514 exit counter).
+pub(crate) fn add_cxl_ports(pio: &mut PioBus, cxl: Option<&CxlPlatform>) -> Result<(), VmmError> {
+    if let Some(c) = cxl {
+        let ctl = Arc::new(CxlControl {
+            overlays: c.overlays.clone(),
+            dispatchers: c.dispatchers.clone(),
+            baseline: AtomicU64::new(0),
+        });
+        pio.insert("cxl-direct", ports::CXL_DIRECT, 4, ctl.clone())?;
+        pio.insert("cxl-exits", ports::CXL_EXITS, 4, Arc::new(CxlExits(ctl)))?;
+    }
+    Ok(())
+}
+
 /// Adds the CXL platform's entries (docs/guest-abi.md kinds 4-8) to the boot info device table.
 fn cxl_boot_devices(c: &CxlPlatform, devices: &mut Vec<Device>) {
     let (ecam, ecam_size) = c.ecam;
@@ -234,7 +322,7 @@ pub(crate) fn serial_writer(out: SerialOut) -> Result<Box<dyn std::io::Write + S
 impl Machine {
     /// Checks `cfg`, then creates the VM with everything in place. Input errors come before any
     /// KVM work, so a bad command line starts nothing.
-    pub fn build(cfg: MachineConfig) -> Result<Self, VmmError> {
+    pub fn build(mut cfg: MachineConfig) -> Result<Self, VmmError> {
         let started = cfg.started.unwrap_or_else(Instant::now);
         cfg.check()?;
         let guest = match &cfg.boot {
@@ -265,17 +353,9 @@ impl Machine {
         if let Some(s) = cfg.scratch_window {
             mapped.push((layout::SCRATCH_WINDOW_BASE, s));
         }
-        let mut topo = cfg.cxl;
-        if let Some(t) = topo.as_mut() {
-            let limits = AddressLimits {
-                reserved: mapped
-                    .iter()
-                    .map(|&(b, s)| (b, b + s, format!("platform range [{b:#x}, {:#x})", b + s)))
-                    .collect(),
-                window_min: layout::CXL_WINDOW_MIN,
-                window_max: layout::CXL_WINDOW_MAX,
-            };
-            t.validate(&limits).map_err(ConfigError::Topology)?;
+        let mut topo = cfg.cxl.take();
+        let cxl_files = check_topology(&mut topo, &mapped)?;
+        if let Some(t) = &topo {
             mapped.extend(platform::planned_ranges(t, &CXL_LAYOUT));
         }
         let pt_plan = paging::Plan::new(&mapped)?;
@@ -311,11 +391,7 @@ impl Machine {
                 .into());
             }
         };
-        let serial = serial_writer(cfg.serial)?;
-        let cxl_files = match &topo {
-            Some(t) => Some(CxlPlatform::open_files(t).map_err(ConfigError::Platform)?),
-            None => None,
-        };
+        let serial = serial_writer(std::mem::replace(&mut cfg.serial, SerialOut::Null))?;
 
         // KVM and memory.
         let hv = Hypervisor::open(&cfg.kvm_path)?;
@@ -355,25 +431,7 @@ impl Machine {
             None => None,
         };
 
-        let cxl = match (&topo, cxl_files) {
-            (Some(t), Some(files)) => Some(
-                CxlPlatform::build(
-                    t,
-                    files,
-                    &space,
-                    CXL_LAYOUT,
-                    overlay_options(cfg.cxl_direct, cfg.vma_budget, &stopper),
-                )
-                .map_err(|e| {
-                    if e.is_user_error() {
-                        VmmError::Config(ConfigError::Platform(e))
-                    } else {
-                        VmmError::Platform(e)
-                    }
-                })?,
-            ),
-            _ => None,
-        };
+        let cxl = build_cxl(topo.as_ref(), cxl_files, &space, CXL_LAYOUT, &cfg, &stopper)?;
 
         // Port I/O.
         let boot_mark = Arc::new(BootMark::default());
@@ -385,15 +443,7 @@ impl Machine {
         if let Some(s) = &scratch {
             pio.insert("scratch-control", ports::SCRATCH_CONTROL, 4, s.clone())?;
         }
-        if let Some(c) = &cxl {
-            let ctl = Arc::new(CxlControl {
-                overlays: c.overlays.clone(),
-                dispatchers: c.dispatchers.clone(),
-                baseline: AtomicU64::new(0),
-            });
-            pio.insert("cxl-direct", ports::CXL_DIRECT, 4, ctl.clone())?;
-            pio.insert("cxl-exits", ports::CXL_EXITS, 4, Arc::new(CxlExits(ctl)))?;
-        }
+        add_cxl_ports(&mut pio, cxl.as_ref())?;
         let pio = Arc::new(pio);
         {
             let mut sp = space.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,58 @@
+//! Helpers shared by the CLI tests: run the binary, read what it said, check a user error.
+// Each test crate uses a different subset.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `cxlvm` binary under test.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cxlvm"))
+}
+
+/// Runs `cxlvm args...` to completion.
+pub fn cxlvm(args: &[&str]) -> Output {
+    bin().args(args).output().expect("cxlvm binary runs")
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A path in this test process's own temporary directory (`group` keeps test files apart).
+pub fn tmp(group: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cxlvm-{group}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+/// The path of a test guest image.
+pub fn guest(name: &str) -> String {
+    cxlvm_test_guests::path(name).display().to_string()
+}
+
+/// Fails with a clear message where /dev/kvm is missing.
+pub fn require_kvm() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "this test boots a guest and needs /dev/kvm, which is missing"
+    );
+}
+
+/// A user error: status 2, exactly one stderr line containing every needle, no panic, nothing
+/// on stdout (no guest ran).
+pub fn user_error(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one line expected, got:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "expected '{n}' in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        o.stdout.is_empty(),
+        "no guest may run: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}
