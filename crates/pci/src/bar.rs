@@ -331,14 +331,19 @@ impl BarSet {
         }
         if moved {
             // Space was freed or taken: BARs that failed before may fit now.
-            for i in 0..self.slots.len() {
-                if self
-                    .slots
-                    .get(i)
-                    .is_some_and(|s| s.target.is_some() && s.target != s.mapped)
-                {
-                    self.apply(i, owner, true);
-                }
+            self.retry_pending(owner);
+        }
+    }
+
+    /// Tries again to place every BAR that decodes but is not placed (cheap when none is).
+    pub(crate) fn retry_pending(&mut self, owner: &str) {
+        for i in 0..self.slots.len() {
+            if self
+                .slots
+                .get(i)
+                .is_some_and(|s| s.target.is_some() && s.target != s.mapped)
+            {
+                self.apply(i, owner, true);
             }
         }
     }

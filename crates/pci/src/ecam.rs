@@ -196,6 +196,11 @@ impl PciSegment {
     pub fn config_write(&self, bus: u8, devfn: u8, offset: u16, data: &[u8]) {
         if let Some(f) = self.function(bus, devfn) {
             f.write_config(offset, data);
+            // A BAR that moved or stopped decoding may have freed what another function's BAR
+            // waits for.
+            for (_, _, other) in self.functions() {
+                other.retry_bars();
+            }
         }
     }
 

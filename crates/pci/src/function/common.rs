@@ -171,6 +171,12 @@ impl FunctionCore {
         (r, effects)
     }
 
+    /// Tries again to place BARs that decode but are not placed.
+    pub(crate) fn retry_bars(&self) {
+        let mut st = self.lock();
+        st.bars.retry_pending(&self.name);
+    }
+
     /// Restores the configuration at build, unmaps the BARs and notifies the hooks.
     pub(crate) fn reset(&self) {
         let mut st = self.lock();

@@ -125,6 +125,10 @@ impl PciFunction for Endpoint {
         self.core.read(offset, data);
     }
 
+    fn retry_bars(&self) {
+        self.core.retry_bars();
+    }
+
     fn write_config(&self, offset: u16, data: &[u8]) {
         self.core.write(offset, data);
     }

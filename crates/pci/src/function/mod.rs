@@ -48,6 +48,11 @@ pub trait PciFunction: Send + Sync {
     /// Conventional reset (a secondary bus reset of the bridge above): configuration back to its
     /// state at build, BARs unmapped. The default does nothing.
     fn reset(&self) {}
+    /// Tries again to place BARs that decode but could not be placed (another function's BAR
+    /// was in the way). The segment calls it on every function after a configuration write,
+    /// since a move of one function's BAR can free the space another one waits for. The
+    /// default does nothing.
+    fn retry_bars(&self) {}
 }
 
 /// The downstream side of a PCI-to-PCI bridge (root port, switch port).

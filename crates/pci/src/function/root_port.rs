@@ -188,6 +188,10 @@ impl PciFunction for RootPort {
         self.core.read(offset, data);
     }
 
+    fn retry_bars(&self) {
+        self.core.retry_bars();
+    }
+
     fn write_config(&self, offset: u16, data: &[u8]) {
         if self.core.write(offset, data).sbr_asserted {
             self.reset_children();

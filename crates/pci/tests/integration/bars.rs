@@ -486,3 +486,36 @@ fn root_port_bar_maps_like_an_endpoint_bar() {
     f.reset();
     assert_eq!(placement(&space, region), None);
 }
+
+/// Found by the `ecam` fuzz target: a BAR refused because another function's BAR held its
+/// addresses was never placed after that BAR moved away. Through the segment (as a guest's
+/// ECAM writes go), the waiting BAR is placed as soon as the space is free.
+#[test]
+fn a_bar_waiting_for_another_functions_space_is_placed_when_it_frees() {
+    let space = space(64 * GIB);
+    let ra = mmio_region(&space, "a", 0x1000);
+    let rb = mmio_region(&space, "b", 0x1000);
+    let a = endpoint_with(&space, &[(0, BarSpec::memory32(0x1000, ra))]).unwrap();
+    let b = endpoint_with(&space, &[(0, BarSpec::memory32(0x1000, rb))]).unwrap();
+    let seg = PciSegment::new("seg", 0, 0).unwrap();
+    seg.add_root_bus(0, "hb").unwrap();
+    seg.attach(0, devfn(1, 0), a.clone()).unwrap();
+    seg.attach(0, devfn(2, 0), b.clone()).unwrap();
+    let write =
+        |dev: u8, off: u16, v: u32| seg.config_write(0, devfn(dev, 0), off, &v.to_le_bytes());
+    for dev in [1, 2] {
+        write(dev, BAR0, 0xc000_0000);
+        write(dev, COMMAND, 0x2);
+    }
+    assert_eq!(placement(&space, ra), Some(0xc000_0000));
+    assert_eq!(
+        placement(&space, rb),
+        None,
+        "b waits: a holds its addresses"
+    );
+    // a moves away: b decodes at its programmed address and is placed there.
+    write(1, BAR0, 0xd000_0000);
+    assert_eq!(placement(&space, ra), Some(0xd000_0000));
+    assert_eq!(placement(&space, rb), Some(0xc000_0000));
+    assert_eq!(b.bar_mapping(0), Some(0xc000_0000));
+}

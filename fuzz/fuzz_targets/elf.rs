@@ -1,0 +1,4 @@
+//! `elf` fuzz target: see `cxlvm_fuzz::targets::elf`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cxlvm_fuzz::targets::elf(data));

@@ -1,0 +1,4 @@
+//! `hdm` fuzz target: see `cxlvm_fuzz::targets::hdm`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cxlvm_fuzz::targets::hdm(data));

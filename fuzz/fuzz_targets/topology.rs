@@ -1,0 +1,4 @@
+//! `topology` fuzz target: see `cxlvm_fuzz::targets::topology`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cxlvm_fuzz::targets::topology(data));

@@ -1,0 +1,4 @@
+//! `window` fuzz target: see `cxlvm_fuzz::targets::window`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cxlvm_fuzz::targets::window(data));
