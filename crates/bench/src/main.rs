@@ -37,6 +37,10 @@ struct Args {
     /// print the start-up time as JSON (with --window: one CXL device of that many bytes).
     #[arg(long, hide = true, value_name = "KERNEL")]
     single_linux: Option<PathBuf>,
+    /// Pretend only this many host mappings (VMAs) are left, instead of what vm.max_map_count
+    /// leaves (tests the checks made before each case).
+    #[arg(long, hide = true, value_name = "N")]
+    vma_room: Option<u64>,
     /// Internal: device (and window) bytes for --single-linux (0: no CXL).
     #[arg(long, hide = true, default_value_t = 0)]
     window: u64,
@@ -87,7 +91,7 @@ fn linux_single_process(kernel: &std::path::Path, window: u64) -> anyhow::Result
 /// scripts/debian-kernel.sh cached in target/linux.
 fn bench_kernel() -> Option<PathBuf> {
     if let Some(k) = std::env::var_os("CXLVM_BENCH_KERNEL") {
-        return Some(PathBuf::from(k));
+        return Some(PathBuf::from(k)).filter(|p| p.is_file());
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("target/linux")
         .ok()?
@@ -212,6 +216,9 @@ struct Results {
     xsavec_avx: BTreeMap<String, serde_json::Value>,
     /// Cases that did not run (or did not finish), with why; every other case ran.
     not_run: BTreeMap<String, NotRun>,
+    /// `--vma-room`, when given.
+    #[serde(skip)]
+    vma_room: Option<u64>,
 }
 
 /// Why a benchmark case has no figures.
@@ -260,11 +267,13 @@ impl std::fmt::Display for NotRun {
 /// Mappings kept free for everything else in the process (as the VMM's default budget does).
 const VMA_MARGIN: u64 = 4096;
 
-/// Host mappings this process may still create, if the kernel says.
-fn vma_room() -> Option<(u64, u64)> {
+/// Host mappings this process may still create (or `pretend`), and vm.max_map_count, if the
+/// kernel says.
+fn vma_room(pretend: Option<u64>) -> Option<(u64, u64)> {
     let limit = cxlvm_stitch::vma_limit()?;
     let used = cxlvm_stitch::vmas_in_use()?;
-    Some((limit.saturating_sub(used).saturating_sub(VMA_MARGIN), limit))
+    let room = limit.saturating_sub(used).saturating_sub(VMA_MARGIN);
+    Some((pretend.unwrap_or(room), limit))
 }
 
 /// Runs one case unless it needs more host mappings than are left; a case that cannot run or
@@ -275,7 +284,7 @@ fn case(
     mappings: u64,
     f: impl FnOnce(&mut Results) -> anyhow::Result<()>,
 ) {
-    if let Some((room, limit)) = vma_room()
+    if let Some((room, limit)) = vma_room(res.vma_room)
         && mappings > room
     {
         let why = NotRun::Skipped {
@@ -386,6 +395,7 @@ fn main() -> anyhow::Result<()> {
     let mut res = Results {
         machine: machine(),
         quick: args.quick,
+        vma_room: args.vma_room,
         ..Default::default()
     };
     let mib = if args.quick { 4 } else { 64 };
@@ -440,7 +450,7 @@ fn main() -> anyhow::Result<()> {
         }),
         None => {
             let why = NotRun::Missing {
-                what: "no Linux kernel: run scripts/debian-kernel.sh or set CXLVM_BENCH_KERNEL"
+                what: "no Linux kernel: run scripts/debian-kernel.sh or set CXLVM_BENCH_KERNEL to a vmlinux"
                     .into(),
             };
             eprintln!("bench: Linux start-up: {why}");
