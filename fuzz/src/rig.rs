@@ -345,16 +345,24 @@ impl Rig {
     pub fn enable_device(&self, d: usize) {
         if let Some(at) = self.comp_addr(Comp::Dev(d)) {
             let g = self.rd32(at + HDM + 4);
-            self.wr32(at + HDM + 4, g | 2);
+            if g & 2 == 0 {
+                self.wr32(at + HDM + 4, g | 2);
+            }
         }
+        // Like Linux: read first, write only what changes (configuration writes are the
+        // expensive guest operation).
         let ctl = self.dvsec[d] + dvsec::DEVICE_CONTROL;
         let f = Func::Dev(d);
         let v = u16::from_le_bytes(self.cfg_read(f, ctl, 2).try_into().unwrap());
-        self.cfg_write(f, ctl, &(v | dvsec::MEM_ENABLE).to_le_bytes());
+        if v & dvsec::MEM_ENABLE == 0 {
+            self.cfg_write(f, ctl, &(v | dvsec::MEM_ENABLE).to_le_bytes());
+        }
         let (h, p) = self.dev_port[d];
         for f in [f, Func::Rp(h, p)] {
             let cmd = u16::from_le_bytes(self.cfg_read(f, 4, 2).try_into().unwrap());
-            self.cfg_write(f, 4, &(cmd | 2).to_le_bytes());
+            if cmd & 2 == 0 {
+                self.cfg_write(f, 4, &(cmd | 2).to_le_bytes());
+            }
         }
     }
 

@@ -214,8 +214,10 @@ fn console_input(r: &mut Rules, p: &Params) -> Result<(), seccompiler::BackendEr
     r.insert(libc::SYS_read, any_of([Ok(vec![eq(0, 0)?])])?);
     // The UART's interrupt (an eventfd), logs on stderr.
     r.insert(libc::SYS_write, vec![]);
-    // std checks that a descriptor is open before it is closed (`fcntl(fd, F_GETFD)`, builds
-    // with debug assertions), e.g. when stdin reaches its end.
+    // At the end of stdin the thread may hold the last reference to the UART (the machine is
+    // gone): dropping it closes the interrupt eventfd and the console file. std checks that a
+    // descriptor is open before it closes it (`fcntl(fd, F_GETFD)`, debug builds).
+    r.insert(libc::SYS_close, vec![]);
     r.insert(
         libc::SYS_fcntl,
         any_of([Ok(vec![eq(1, libc::F_GETFD as u64)?])])?,
