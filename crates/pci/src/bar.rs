@@ -402,9 +402,18 @@ impl BarSet {
             .and_then(|r| r.placement)
             .filter(|&(parent, _, _)| parent == space.root())
             .map(|(_, offset, _)| offset);
-        slot.mapped != before
+        let changed = slot.mapped != before;
+        if changed {
+            PLACEMENT_CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        changed
     }
 }
+
+/// Counts BAR mappings that changed (placed, moved, removed), process-wide: the segment retries
+/// other functions' waiting BARs only after a configuration write that changed one.
+pub(crate) static PLACEMENT_CHANGES: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
 
 /// One transaction: take `region` out of wherever it is, then place it at `target` in the root
 /// container (if any).

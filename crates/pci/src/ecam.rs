@@ -195,11 +195,15 @@ impl PciSegment {
     /// Writes configuration bytes of `bus`/`devfn` at `offset` (dropped when absent).
     pub fn config_write(&self, bus: u8, devfn: u8, offset: u16, data: &[u8]) {
         if let Some(f) = self.function(bus, devfn) {
+            use std::sync::atomic::Ordering;
+            let before = crate::bar::PLACEMENT_CHANGES.load(Ordering::Relaxed);
             f.write_config(offset, data);
             // A BAR that moved or stopped decoding may have freed what another function's BAR
             // waits for.
-            for (_, _, other) in self.functions() {
-                other.retry_bars();
+            if crate::bar::PLACEMENT_CHANGES.load(Ordering::Relaxed) != before {
+                for (_, _, other) in self.functions() {
+                    other.retry_bars();
+                }
             }
         }
     }
