@@ -15,7 +15,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 secs="${1:-60}"
 shift || true
-all=(ecam hdm mailbox window topology elf)
+all=(ecam hdm mailbox window topology regions elf)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 jobs="${FUZZ_JOBS:-2}"
@@ -56,6 +56,7 @@ for t in "${targets[@]}"; do
         # Slow, stateful targets (tens of execs/s): op sequences need length from the start,
         # libFuzzer's default length ramp would keep them at a few ops for minutes.
         ecam | hdm | window) args+=(-max_len=1024 -len_control=0) ;;
+        regions) args+=(-max_len=256 -len_control=0) ;;
         mailbox) args+=(-max_len=4096) ;;
     esac
     # shellcheck disable=SC2206

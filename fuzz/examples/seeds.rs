@@ -449,7 +449,24 @@ fn write(target: &str, seeds: Vec<Vec<u8>>) {
     println!("{target}: {} seeds", seeds.len());
 }
 
+fn regions_seeds() -> Vec<Vec<u8>> {
+    // Byte layout: see cxlvm_fuzz::targets::generate_topology.
+    vec![
+        // 2 host bridges × 2 devices of 512 MiB, a 2-way 4 KiB window, one 4-device region.
+        vec![1, 1, 2, 2, 1, 2, 2, 0, 0x01, 0x35, 1, 0x04, 0, 0],
+        // The same over an XOR window.
+        vec![1, 1, 2, 2, 1, 2, 2, 0, 0x01, 0xb3, 1, 0x04, 0, 0],
+        // Passthrough host bridge, persistent capacity, three windows and regions (one
+        // persistent, one at an explicit base with its own granularity), an empty root port.
+        vec![
+            2, 1, 6, 2, 0x10, 5, 0x21, 1, 0x81, 2, 0x01, 0x35, 0x04, 0x10, 0x08, 0x20, 3, 0x00, 0,
+            0x00, 0x01, 0, 0x10, 0x22, 0, 0x0b,
+        ],
+    ]
+}
+
 fn main() {
+    write("regions", regions_seeds());
     write("hdm", hdm_seeds());
     write("ecam", ecam_seeds());
     write("window", window_seeds());

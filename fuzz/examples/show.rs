@@ -1,5 +1,6 @@
 //! Replays one input of the `ecam` or `hdm` target and prints every op and the overlay state
-//! after it (triage): `cargo run --example show -- hdm FILE`.
+//! after it, or shows the topology a `regions` input generates (triage):
+//! `cargo run --example show -- hdm FILE`.
 
 use cxlvm_fuzz::ops::{ECAM_OPS, HDM_OPS, Op};
 use cxlvm_fuzz::reader::Reader;
@@ -11,7 +12,18 @@ fn main() {
     let table = match args.get(1).map(String::as_str) {
         Some("ecam") => ECAM_OPS,
         Some("hdm") => HDM_OPS,
-        _ => panic!("usage: show ecam|hdm FILE"),
+        Some("regions") => {
+            // The generated topology and what validation says about it.
+            let data = std::fs::read(&args[2]).unwrap();
+            let toml = cxlvm_fuzz::targets::generate_topology(&mut Reader::new(&data));
+            println!("{toml}");
+            let mut t = cxlvm_cxl::topology::Topology::from_toml(&toml).unwrap();
+            println!("validate: {:?}", t.validate(&cxlvm_fuzz::rig::limits()));
+            cxlvm_fuzz::targets::regions(&data);
+            println!("ok");
+            return;
+        }
+        _ => panic!("usage: show ecam|hdm|regions FILE"),
     };
     let data = std::fs::read(&args[2]).unwrap();
     let mut r = Reader::new(&data);

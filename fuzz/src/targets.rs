@@ -112,7 +112,7 @@ fn run_ops(data: &[u8], table: &[crate::ops::Kind]) {
     }
     rig.check_model();
     if std::ptr::eq(table, ECAM_OPS) {
-        rig.check_functions();
+        let _ = rig.check_functions();
     }
 }
 
@@ -130,8 +130,8 @@ pub fn hdm(data: &[u8]) {
 
 impl Rig {
     /// What a guest's bus scan finds: every root port where it belongs, no function twice, only
-    /// cxlvm's IDs.
-    pub fn check_functions(&self) {
+    /// cxlvm's IDs. Returns the number of functions found.
+    pub fn check_functions(&self) -> usize {
         use cxlvm_platform::{PCI_VENDOR, ROOT_PORT_DEVICE, TYPE3_DEVICE, root_bus};
         // Like PciSegment::functions, but only devfn 0 below the root buses (the only slot root
         // ports have children in): 1/256 of the look-ups.
@@ -179,6 +179,7 @@ impl Rig {
                 assert!(std::ptr::addr_eq(Arc::as_ptr(&f), Arc::as_ptr(rp)));
             }
         }
+        found.len()
     }
 }
 
@@ -795,15 +796,140 @@ pub fn topology(data: &[u8]) {
     for rp in p.root_ports.iter().flatten() {
         assert!(rp.bar_mapping(0).is_some());
     }
-    if ports <= 8 {
-        let found = p.segment.functions();
-        assert_eq!(found.len(), ports + t.devices.len(), "bus scan");
-    }
     // Everything the ecam/hdm targets check after each guest operation, and the regions.
     drop(view);
+    let devices = t.devices.len();
     let mut rig = Rig::from_platform(t, p, space, 16);
+    assert_eq!(rig.check_functions(), ports + devices, "bus scan");
     rig.check_all();
     rig.check_regions();
+}
+
+/// The TOML of a topology generated from structured input (the `regions` target): up to 4 host
+/// bridges (some passthrough) with devices of volatile and/or persistent capacity, up to 3
+/// windows (modulo or XOR, any granularity), and up to 4 `[[region]]`s whose devices are
+/// mostly in the positions the window's host bridges can reach (sometimes shuffled).
+pub fn generate_topology(r: &mut Reader<'_>) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let nhb = 1 + usize::from(r.u8() % 4);
+    let mut devs: Vec<Vec<String>> = vec![Vec::new(); nhb];
+    let mut n = 0;
+    for (h, hb_devs) in devs.iter_mut().enumerate() {
+        let f = r.u8();
+        let ports = 1 + f % 4;
+        let passthrough = ports == 1 && f & 0x10 != 0;
+        let _ = writeln!(t, "[[host_bridge]]\nid = \"h{h}\"\nroot_ports = {ports}");
+        if passthrough {
+            t.push_str("passthrough = true\n");
+        }
+        if f & 0x20 != 0 {
+            let _ = writeln!(t, "decoders = {}", [1, 2, 4, 8][usize::from(f >> 6)]);
+        }
+        for p in 0..ports {
+            let d = r.u8();
+            if d & 0x80 != 0 && p > 0 {
+                continue; // empty root port
+            }
+            let (v, pm) = (u64::from(d & 3), u64::from(d >> 2 & 3));
+            let v = if v == 0 && pm == 0 { 1 } else { v };
+            let _ = writeln!(
+                t,
+                "[[device]]\nid = \"d{n}\"\nhost_bridge = \"h{h}\"\nroot_port = {p}"
+            );
+            if v > 0 {
+                let _ = writeln!(t, "volatile = \"{}M\"", v * 256);
+            }
+            if pm > 0 {
+                let _ = writeln!(
+                    t,
+                    "persistent = \"{}M\"\npersistent_file = \"p{n}\"",
+                    pm * 256
+                );
+            }
+            if d & 0x40 != 0 {
+                let _ = writeln!(t, "decoders = {}", [1, 2, 4, 8][usize::from(d >> 4 & 3)]);
+            }
+            hb_devs.push(format!("d{n}"));
+            n += 1;
+        }
+    }
+    let nw = 1 + usize::from(r.u8() % 3);
+    let mut windows: Vec<Vec<usize>> = Vec::new();
+    let mut wbases: Vec<u64> = Vec::new();
+    let mut next_base = layout::CXL_WINDOW_MIN;
+    for w in 0..nw {
+        let f = r.u8();
+        let ways = [1usize, 2, 3, 4][usize::from(f % 4)].min(nhb);
+        let first = usize::from(f >> 2) % nhb;
+        let targets: Vec<usize> = (0..ways).map(|i| (first + i) % nhb).collect();
+        let g = r.u8();
+        let size = ways as u64 * 256 * (1 + u64::from(g >> 4 & 7));
+        let names: Vec<String> = targets.iter().map(|h| format!("\"h{h}\"")).collect();
+        let _ = writeln!(
+            t,
+            "[[window]]\nid = \"w{w}\"\nsize = \"{size}M\"\ntargets = [{}]\ngranularity = {}",
+            names.join(", "),
+            256u64 << (g % 7)
+        );
+        if g & 0x80 != 0 {
+            t.push_str("arithmetic = \"xor\"\n");
+        }
+        windows.push(targets);
+        wbases.push(next_base);
+        next_base += size << 20;
+    }
+    for i in 0..usize::from(r.u8() % 5) {
+        let f = r.u8();
+        let wi = usize::from(f % 4) % nw;
+        let targets = &windows[wi];
+        let k = [1usize, 2, 4, 1][usize::from(f >> 2 & 3)];
+        let rot = usize::from(r.u8());
+        let mut list = Vec::new();
+        for p in 0..targets.len() * k {
+            let hb = &devs[targets[p % targets.len()]];
+            if hb.is_empty() {
+                continue;
+            }
+            list.push(format!("\"{}\"", hb[(p / targets.len() + rot) % hb.len()]));
+        }
+        if f & 0x10 != 0 && list.len() > 1 {
+            list.rotate_left(1); // usually a position error
+        }
+        let g = r.u8();
+        let size = list.len().max(1) as u64 * 256 * (1 + u64::from(g >> 6));
+        let _ = writeln!(
+            t,
+            "[[region]]\nid = \"r{i}\"\nwindow = \"w{wi}\"\ndevices = [{}]\nsize = \"{size}M\"",
+            list.join(", ")
+        );
+        if g & 0x08 != 0 {
+            let _ = writeln!(t, "granularity = {}", 256u64 << (g % 7));
+        }
+        if g & 0x10 != 0 {
+            t.push_str("persistent = true\n");
+        }
+        if g & 0x20 != 0 {
+            t.push_str("lock = false\n");
+        }
+        if f & 0x20 != 0 {
+            // An explicit base, some steps of 256 MiB × window ways into the window (windows
+            // without a base are packed from 1 TiB in order).
+            let step = u64::from(f >> 6) * 256 * targets.len() as u64;
+            let _ = writeln!(t, "base = {:#x}", wbases[wi] + (step << 20));
+        }
+    }
+    t
+}
+
+/// `regions`: topologies generated from structured input ([`generate_topology`]), mostly with
+/// firmware-committed regions that validate, through everything the `topology` target checks:
+/// the build commits every region, every invariant of the `hdm` target holds on the result, and
+/// each region decodes as Linux expects (see `Rig::check_regions`).
+pub fn regions(data: &[u8]) {
+    let mut r = Reader::new(data);
+    let toml = generate_topology(&mut r);
+    topology(toml.as_bytes());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -853,6 +979,7 @@ pub fn by_name(name: &str) -> Option<fn(&[u8])> {
         "mailbox" => mailbox,
         "window" => window,
         "topology" => topology,
+        "regions" => regions,
         "elf" => elf,
         _ => return None,
     })

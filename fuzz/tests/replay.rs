@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use cxlvm_fuzz::targets::by_name;
 
-const TARGETS: [&str; 6] = ["ecam", "hdm", "mailbox", "window", "topology", "elf"];
+const TARGETS: [&str; 7] = [
+    "ecam", "hdm", "mailbox", "window", "topology", "regions", "elf",
+];
 
 fn files(dir: &Path, t: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir.join(t)) else {
