@@ -201,11 +201,37 @@ impl PciSegment {
             // A BAR that moved or stopped decoding may have freed what another function's BAR
             // waits for.
             if crate::bar::PLACEMENT_CHANGES.load(Ordering::Relaxed) != before {
-                for (_, _, other) in self.functions() {
+                for other in self.attached() {
                     other.retry_bars();
                 }
             }
         }
+    }
+
+    /// Every function attached to the segment (on a root bus, or below a bridge whatever its
+    /// bus numbers), without scanning the bus space.
+    fn attached(&self) -> Vec<Arc<dyn PciFunction>> {
+        /// Bridges nest at most this deep (PCIe allows far less in practice).
+        const MAX_DEPTH: usize = 32;
+        let mut out: Vec<Arc<dyn PciFunction>> = Vec::new();
+        let mut level: Vec<Arc<dyn PciFunction>> = self
+            .buses()
+            .values()
+            .flat_map(|rb| rb.functions.values().cloned())
+            .collect();
+        for _ in 0..MAX_DEPTH {
+            if level.is_empty() {
+                break;
+            }
+            let next = level
+                .iter()
+                .filter_map(|f| f.bridge().map(|b| b.attached()))
+                .flatten()
+                .collect();
+            out.append(&mut level);
+            level = next;
+        }
+        out
     }
 
     /// Every function reachable now, as `(bus, devfn, function)` in bus then devfn order (what a

@@ -60,6 +60,9 @@ pub trait PciBridge: Send + Sync {
     /// The programmed `(secondary, subordinate)` bus numbers, or `None` while they do not form a
     /// usable range (secondary 0, or subordinate below secondary).
     fn bus_range(&self) -> Option<(u8, u8)>;
+    /// Every function attached below this bridge's secondary side, whatever the bus numbers
+    /// (reachable or not).
+    fn attached(&self) -> Vec<Arc<dyn PciFunction>>;
     /// The function at `devfn` on bus `bus` below this bridge: on its secondary bus, or
     /// recursively through child bridges when `bus` is in `(secondary, subordinate]`.
     fn child(&self, bus: u8, devfn: u8) -> Option<Arc<dyn PciFunction>>;

@@ -209,6 +209,10 @@ impl PciFunction for RootPort {
 }
 
 impl PciBridge for RootPort {
+    fn attached(&self) -> Vec<Arc<dyn PciFunction>> {
+        self.children().into_iter().map(|(_, c)| c).collect()
+    }
+
     fn bus_range(&self) -> Option<(u8, u8)> {
         let st = self.core.lock();
         let secondary = st.cfg.u8(SECONDARY_BUS);
