@@ -253,6 +253,11 @@ fn kernel_input_errors_are_one_line() {
         &cxlvm(&["run", "--kernel", huge.to_str().unwrap(), "--memory", "64M"]),
         &["kernel", "huge.elf"],
     );
+    // Too little RAM for Linux.
+    user_error(
+        &cxlvm(&["run", "--kernel", ks, "--memory", "8M"]),
+        &["--memory", "at least 16 MiB"],
+    );
     // --guest and --kernel together, or neither.
     user_error(
         &cxlvm(&["run", "--kernel", ks, "--guest", ks]),

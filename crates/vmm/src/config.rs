@@ -20,9 +20,7 @@ pub enum InputFileError {
 /// Reads a whole input file, refusing anything but a regular file (checked before opening, so a
 /// FIFO never blocks cxlvm).
 pub fn read_input_file(path: &std::path::Path) -> Result<Vec<u8>, InputFileError> {
-    if !std::fs::metadata(path)?.is_file() {
-        return Err(InputFileError::NotRegular);
-    }
+    check_input_file(path)?;
     let mut f = std::fs::File::open(path)?;
     // Opened after the check: make sure it is still the regular file we checked.
     if !f.metadata()?.is_file() {
@@ -34,7 +32,7 @@ pub fn read_input_file(path: &std::path::Path) -> Result<Vec<u8>, InputFileError
 }
 
 /// Checks that an input file exists and is a regular file (without reading it).
-pub fn read_input_file_meta(path: &std::path::Path) -> Result<(), InputFileError> {
+pub fn check_input_file(path: &std::path::Path) -> Result<(), InputFileError> {
     if std::fs::metadata(path)?.is_file() {
         Ok(())
     } else {
@@ -207,6 +205,9 @@ pub enum ConfigError {
         /// Guest RAM below 4 GiB, in MiB.
         low_mib: u64,
     },
+    /// Too little RAM for a Linux kernel.
+    #[error("--memory {0:#x}: a Linux guest needs at least 16 MiB")]
+    LinuxMemory(u64),
     /// Bad vCPU count.
     #[error("--vcpus {0}: must be between 1 and {MAX_VCPUS}")]
     Vcpus(u32),

@@ -120,13 +120,13 @@ pub(crate) fn build(
     };
     cxlvm_boot::detect(&k.kernel).map_err(user)?;
     if let Some(i) = &k.initrd {
-        crate::config::read_input_file_meta(i).map_err(|source| ConfigError::InitrdUnreadable {
+        crate::config::check_input_file(i).map_err(|source| ConfigError::InitrdUnreadable {
             path: i.display().to_string(),
             source,
         })?;
     }
     if cfg.memory < cxlvm_boot::layout::HIGH_MEMORY * 16 {
-        return Err(ConfigError::Memory(cfg.memory).into());
+        return Err(ConfigError::LinuxMemory(cfg.memory).into());
     }
 
     let ram_ranges = layout::ram_ranges(cfg.memory);
