@@ -110,7 +110,7 @@ pub struct System {
 }
 
 /// Where each XSAVE state component lives, from CPUID leaf 0xD.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct XsaveLayout {
     /// Per component i (2 … 63): (offset in the standard form, size, 64-byte aligned when
     /// compacted); `None` for components the CPU does not describe.
@@ -329,15 +329,24 @@ impl XState {
     }
 }
 
-/// A failure to read or write the vCPU's state (an ioctl failed).
+/// A failure to read or write the vCPU's state.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot {what} the vCPU state: {source}")]
-pub struct CpuError {
-    /// What was attempted.
-    pub what: &'static str,
-    /// Cause.
-    #[source]
-    pub source: std::io::Error,
+pub enum CpuError {
+    /// A register ioctl failed.
+    #[error("cannot {what}: {source}")]
+    Access {
+        /// What was attempted.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// XCR0 enables state that the 4 KiB XSAVE image cannot hold (AMX tiles, say).
+    #[error("XCR0 {xcr0:#x} enables state beyond the 4 KiB XSAVE image")]
+    XsaveTooLarge {
+        /// XCR0.
+        xcr0: u64,
+    },
 }
 
 /// How the emulator reaches the vCPU's state. Implementations fetch lazily and write back what

@@ -8,6 +8,7 @@
 //! This is the only crate of cxlvm's VMM with `unsafe` code (memory-slot ioctls and the vCPU kick
 //! signal); every block carries a `SAFETY:` comment.
 
+mod complete;
 mod slots;
 mod vcpu;
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VmFd};
 
+pub use complete::CompletionState;
 pub use kvm_ioctls::VcpuExit;
 pub use slots::{SlotInfo, SlotListener, SlotTable};
 pub use vcpu::{EntryState, ExitDetails, LinuxEntry, Vcpu, install_kick_handler, kick_signal};

@@ -22,6 +22,9 @@ pub struct EntryState {
     pub cr3: u64,
     /// CPUID to expose (patched per vCPU).
     pub cpuid: CpuId,
+    /// Enter at CPL0 (kernel code and data selectors) instead of CPL3; everything else is the
+    /// same (docs/guest-abi.md).
+    pub cpl0: bool,
 }
 
 /// How a vCPU starts when it boots Linux.
@@ -94,9 +97,11 @@ pub fn install_kick_handler() -> Result<(), KvmError> {
 
 /// A vCPU.
 pub struct Vcpu {
-    fd: VcpuFd,
+    pub(crate) fd: VcpuFd,
     index: u32,
     armed: bool,
+    /// Where XSAVE components live, from the CPUID this vCPU was given (for completions).
+    pub(crate) xsave_layout: std::sync::OnceLock<cxlvm_emulate::XsaveLayout>,
 }
 
 impl Vcpu {
@@ -105,6 +110,7 @@ impl Vcpu {
             fd,
             index,
             armed: false,
+            xsave_layout: std::sync::OnceLock::new(),
         }
     }
 
@@ -113,15 +119,20 @@ impl Vcpu {
         self.index
     }
 
-    /// Sets CPUID, special, general and FPU registers and XCR0 for a CPL3 long-mode entry.
+    /// Sets CPUID, special, general and FPU registers and XCR0 for a long-mode entry at CPL3 (or
+    /// CPL0 when `st.cpl0`).
     pub fn configure(&self, st: &EntryState) -> Result<(), KvmError> {
         let mut cpuid = st.cpuid.clone();
         cxlvm_x86::cpu::patch_cpuid(&mut cpuid, self.index);
         self.fd.set_cpuid2(&cpuid).map_err(ioctl("SET_CPUID2"))?;
+        self.remember_xsave_layout(&cpuid);
         let sregs = self.fd.get_sregs().map_err(ioctl("GET_SREGS"))?;
-        self.fd
-            .set_sregs(&cxlvm_x86::cpu::cpl3_sregs(sregs, st.cr3))
-            .map_err(ioctl("SET_SREGS"))?;
+        let sregs = if st.cpl0 {
+            cxlvm_x86::cpu::cpl0_sregs(sregs, st.cr3)
+        } else {
+            cxlvm_x86::cpu::cpl3_sregs(sregs, st.cr3)
+        };
+        self.fd.set_sregs(&sregs).map_err(ioctl("SET_SREGS"))?;
         self.fd
             .set_regs(&cxlvm_x86::cpu::entry_regs(
                 st.entry,
@@ -158,6 +169,7 @@ impl Vcpu {
         let mut cpuid = cpuid.clone();
         linux::linux_cpuid(&mut cpuid, self.index, count, hypervisor);
         self.fd.set_cpuid2(&cpuid).map_err(ioctl("SET_CPUID2"))?;
+        self.remember_xsave_layout(&cpuid);
         let msrs: Vec<kvm_bindings::kvm_msr_entry> = linux::boot_msrs()
             .into_iter()
             .map(|(index, data)| kvm_bindings::kvm_msr_entry {
@@ -216,6 +228,18 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Keeps the XSAVE layout the guest's CPUID describes (leaf 0xD).
+    fn remember_xsave_layout(&self, cpuid: &CpuId) {
+        let layout = cxlvm_emulate::XsaveLayout::from_cpuid(|leaf, sub| {
+            cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == leaf && e.index == sub)
+                .map(|e| [e.eax, e.ebx, e.ecx, e.edx])
+        });
+        let _ = self.xsave_layout.set(layout);
+    }
+
     /// LAPIC LVT LINT0 = ExtINT (the PIC), LINT1 = NMI, as firmware leaves them.
     fn set_lint(&self) -> Result<(), KvmError> {
         const LVT_LINT0: usize = 0x350;
@@ -266,6 +290,19 @@ impl Vcpu {
     /// Instruction pointer (for reports).
     pub fn rip(&self) -> u64 {
         self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    /// Suberror and data words of the last `KVM_EXIT_INTERNAL_ERROR`, without RIP (no ioctl).
+    pub fn internal_error_data(&mut self) -> Vec<u64> {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: reading the `internal` member of the exit union is valid after KVM_RUN returned
+        // KVM_EXIT_INTERNAL_ERROR, which is the only case this is called for; all bit patterns
+        // of the plain integer fields are valid.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        let mut data = vec![u64::from(internal.suberror)];
+        data.extend_from_slice(&internal.data[..n]);
+        data
     }
 
     /// Suberror and data of the last `KVM_EXIT_INTERNAL_ERROR`.

@@ -75,11 +75,22 @@ impl Params {
 
 /// The KVM ioctl request numbers the vCPU thread may use (computed like `kvm-ioctls` does).
 pub mod ioctls {
-    use kvm_bindings::{KVMIO, kvm_regs, kvm_userspace_memory_region};
+    use kvm_bindings::{
+        KVMIO, kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs,
+        kvm_xsave,
+    };
     use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
 
     ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
     ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
+    ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
+    ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
     ioctl_iow_nr!(
         KVM_SET_USER_MEMORY_REGION,
         KVMIO,
@@ -160,8 +171,10 @@ fn signals(r: &mut Rules, p: &Params, extra: &[i32]) -> Result<(), seccompiler::
 
 fn vcpu(r: &mut Rules, p: &Params) -> Result<(), seccompiler::BackendError> {
     signals(r, p, &[])?;
-    // KVM: run, read RIP for fault reports, and change memory slots when a guest register write
-    // (CXL decoder commit, scratch-window switch) changes the memory map on this thread.
+    // KVM: run, read RIP for fault reports, change memory slots when a guest register write
+    // (CXL decoder commit, scratch-window switch) changes the memory map on this thread, and
+    // complete instructions KVM's emulator gives up on (registers, special registers for
+    // paging and CR2, XSAVE state and XCR0, exception injection).
     r.insert(
         libc::SYS_ioctl,
         any_of(
@@ -169,6 +182,14 @@ fn vcpu(r: &mut Rules, p: &Params) -> Result<(), seccompiler::BackendError> {
                 ioctls::KVM_RUN(),
                 ioctls::KVM_GET_REGS(),
                 ioctls::KVM_SET_USER_MEMORY_REGION(),
+                ioctls::KVM_SET_REGS(),
+                ioctls::KVM_GET_SREGS(),
+                ioctls::KVM_SET_SREGS(),
+                ioctls::KVM_GET_VCPU_EVENTS(),
+                ioctls::KVM_SET_VCPU_EVENTS(),
+                ioctls::KVM_GET_XSAVE(),
+                ioctls::KVM_SET_XSAVE(),
+                ioctls::KVM_GET_XCRS(),
             ]
             .map(|req| Ok(vec![eq(1, req)?])),
         )?,
@@ -279,6 +300,14 @@ mod tests {
         assert_eq!(ioctls::KVM_RUN(), 0xAE80);
         assert_eq!(ioctls::KVM_GET_REGS(), 0x8090_AE81);
         assert_eq!(ioctls::KVM_SET_USER_MEMORY_REGION(), 0x4020_AE46);
+        assert_eq!(ioctls::KVM_SET_REGS(), 0x4090_AE82);
+        assert_eq!(ioctls::KVM_GET_SREGS(), 0x8138_AE83);
+        assert_eq!(ioctls::KVM_SET_SREGS(), 0x4138_AE84);
+        assert_eq!(ioctls::KVM_GET_VCPU_EVENTS(), 0x8040_AE9F);
+        assert_eq!(ioctls::KVM_SET_VCPU_EVENTS(), 0x4040_AEA0);
+        assert_eq!(ioctls::KVM_GET_XSAVE(), 0x9000_AEA4);
+        assert_eq!(ioctls::KVM_SET_XSAVE(), 0x5000_AEA5);
+        assert_eq!(ioctls::KVM_GET_XCRS(), 0x8188_AEA6);
     }
 
     #[test]

@@ -73,6 +73,18 @@ pub enum Boot {
     Linux(LinuxKernel),
 }
 
+/// The privilege level a test guest enters at (docs/guest-abi.md, "CPU state at entry").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Privilege {
+    /// CPL3 (the default): on `kvm_pvm` hosts ring 3 runs natively.
+    #[default]
+    User,
+    /// CPL0 (kernel code and data selectors), everything else as for `User`. On `kvm_pvm` every
+    /// ring-0 instruction goes through KVM's instruction emulator (slow, and some instructions
+    /// are not emulated there): for tests of ring-0 behaviour (exceptions, IDT, own paging).
+    Kernel,
+}
+
 /// A machine description.
 pub struct MachineConfig {
     /// What to boot.
@@ -87,6 +99,8 @@ pub struct MachineConfig {
     pub serial: SerialOut,
     /// Size of the scratch window, if any.
     pub scratch_window: Option<u64>,
+    /// Privilege level of a test guest at entry (ignored for Linux machines).
+    pub privilege: Privilege,
     /// Stop the guest after this long.
     pub timeout: Option<Duration>,
     /// KVM device path.
@@ -125,6 +139,7 @@ impl MachineConfig {
             cmdline: String::new(),
             serial: SerialOut::Stdout,
             scratch_window: None,
+            privilege: Privilege::User,
             timeout: None,
             kvm_path: "/dev/kvm".into(),
             started: None,

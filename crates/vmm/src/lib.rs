@@ -10,12 +10,13 @@ mod report;
 mod run;
 
 pub use config::{
-    Boot, ConfigError, InputFileError, LinuxKernel, MachineConfig, SerialOut, read_input_file,
+    Boot, ConfigError, InputFileError, LinuxKernel, MachineConfig, Privilege, SerialOut,
+    read_input_file,
 };
 pub use machine::Machine;
 pub use report::{
-    FaultKind, MemoryState, Outcome, RESET_STATUS, RunError, RunReport, Stats, ViewRange,
-    WindowState,
+    EmulationStats, FaultKind, MemoryState, NotCompleted, Outcome, RESET_STATUS, RunError,
+    RunReport, Stats, ViewRange, WindowState, mnemonic_name,
 };
 
 /// Errors building or running a machine.

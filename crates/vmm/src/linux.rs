@@ -273,6 +273,7 @@ pub(crate) fn build(
         dump_request: None,
         seccomp: cfg.seccomp,
         console_input: cfg.console_input.then_some(serial),
+        emulation: Default::default(),
         _vm: vm,
     })
 }

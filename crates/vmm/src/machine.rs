@@ -22,7 +22,7 @@ use cxlvm_devices::{PioDevice, StopReason};
 use cxlvm_mapping::overlay::OverlayManager;
 use cxlvm_platform::{self as platform, CxlPlatform, OverlayOptions, PlatformLayout};
 
-use crate::config::{ConfigError, MachineConfig, SerialOut};
+use crate::config::{ConfigError, MachineConfig, Privilege, SerialOut};
 
 /// Where the CXL platform's fixed ranges go.
 pub(crate) const CXL_LAYOUT: PlatformLayout = PlatformLayout {
@@ -299,6 +299,8 @@ pub struct Machine {
     pub(crate) seccomp: bool,
     /// The UART fed from cxlvm's stdin during the run (Linux guests, when asked).
     pub(crate) console_input: Option<Arc<Serial>>,
+    /// Instructions completed for KVM's emulator (shared with the vCPU threads while running).
+    pub(crate) emulation: Arc<Mutex<crate::EmulationStats>>,
     // Keeps the VM alive as long as the machine.
     pub(crate) _vm: cxlvm_kvm::Vm,
 }
@@ -563,6 +565,7 @@ impl Machine {
                 stack_top: top.stack_top - idx * layout::STACK_SIZE,
                 cr3: pt.base,
                 cpuid: cpuid.clone(),
+                cpl0: cfg.privilege == Privilege::Kernel,
             })?;
         }
         info!(
@@ -588,6 +591,7 @@ impl Machine {
             dump_request: None,
             seccomp: cfg.seccomp,
             console_input: None,
+            emulation: Arc::default(),
             _vm: vm,
         })
     }

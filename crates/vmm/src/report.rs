@@ -61,6 +61,16 @@ pub enum RunError {
     /// The run thread panicked.
     #[error("the run thread panicked")]
     RunThreadPanicked,
+    /// Writing back a completed instruction's registers, or injecting its exception, failed.
+    #[error("vCPU {vcpu}: completing an instruction: KVM {what} failed: {source}")]
+    Complete {
+        /// vCPU index.
+        vcpu: u32,
+        /// The ioctl.
+        what: &'static str,
+        /// The errno.
+        source: vmm_sys_util::errno::Error,
+    },
     /// A stop was requested with no reason recorded (a bug).
     #[error("stop requested without a reason")]
     NoReason,
@@ -89,6 +99,8 @@ pub enum Outcome {
         bytes: Vec<u8>,
         /// KVM's extra data words.
         data: Vec<u64>,
+        /// For an emulation failure: why cxlvm could not complete the instruction either.
+        not_completed: Option<NotCompleted>,
     },
     /// `--timeout` expired.
     Timeout(Duration),
@@ -125,12 +137,16 @@ impl Outcome {
                 rip,
                 bytes,
                 data,
+                not_completed,
             } => {
                 let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
                 let mut s = format!(
                     "vCPU {vcpu}: {kind} at RIP {rip:#x}, instruction bytes [{}]",
                     hex.join(" ")
                 );
+                if let Some(n) = not_completed {
+                    s.push_str(&format!("; {n}"));
+                }
                 if data.len() > 1 {
                     let d: Vec<String> = data.iter().map(|v| format!("{v:#x}")).collect();
                     s.push_str(&format!(", KVM data [{}]", d.join(", ")));
@@ -143,6 +159,103 @@ impl Outcome {
             )),
             Outcome::Error(e) => Some(e.to_string()),
         }
+    }
+}
+
+/// Why cxlvm could not complete an instruction KVM's emulator gave up on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotCompleted {
+    /// It decodes as this instruction, which cxlvm does not complete.
+    Unsupported(cxlvm_emulate::Mnemonic),
+    /// The bytes do not decode.
+    Undecodable,
+    /// The vCPU is not in 64-bit mode.
+    NotLongMode,
+    /// The instruction lies on the MMIO path (at this guest-physical address).
+    FetchFromMmio(u64),
+    /// The vCPU's registers could not be read or written.
+    StateUnavailable,
+}
+
+impl std::fmt::Display for NotCompleted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unsupported(m) => write!(
+                f,
+                "decoded as {}, which cxlvm does not complete either",
+                mnemonic_name(*m)
+            ),
+            Self::Undecodable => write!(f, "the bytes do not decode as an instruction"),
+            Self::NotLongMode => write!(f, "cxlvm completes instructions in 64-bit mode only"),
+            Self::FetchFromMmio(gpa) => write!(
+                f,
+                "the instruction itself is on the MMIO path (guest-physical {gpa:#x}); cxlvm fetches instructions from RAM only"
+            ),
+            Self::StateUnavailable => write!(f, "the vCPU's registers could not be read"),
+        }
+    }
+}
+
+/// An instruction's name as reports print it (`vmovdqu`).
+pub fn mnemonic_name(m: cxlvm_emulate::Mnemonic) -> String {
+    format!("{m:?}").to_lowercase()
+}
+
+/// Instructions cxlvm completed for KVM's emulator, and exceptions it injected, per kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EmulationStats {
+    completed: std::collections::BTreeMap<cxlvm_emulate::Mnemonic, u64>,
+    injected: std::collections::BTreeMap<cxlvm_emulate::Exception, u64>,
+}
+
+impl EmulationStats {
+    /// How many `m` instructions cxlvm completed (including those that raised an exception).
+    pub fn completed(&self, m: cxlvm_emulate::Mnemonic) -> u64 {
+        self.completed.get(&m).copied().unwrap_or(0)
+    }
+
+    /// How many `e` exceptions cxlvm injected.
+    pub fn injected(&self, e: cxlvm_emulate::Exception) -> u64 {
+        self.injected.get(&e).copied().unwrap_or(0)
+    }
+
+    /// Every completion.
+    pub fn total(&self) -> u64 {
+        self.completed.values().sum()
+    }
+
+    /// Counts one completion of `m`, which raised `raised` if any.
+    pub(crate) fn record(
+        &mut self,
+        m: cxlvm_emulate::Mnemonic,
+        raised: Option<cxlvm_emulate::Exception>,
+    ) {
+        *self.completed.entry(m).or_default() += 1;
+        if let Some(e) = raised {
+            *self.injected.entry(e).or_default() += 1;
+        }
+    }
+
+    /// (name, count) of each completed instruction, by name.
+    pub fn completed_by_name(&self) -> Vec<(String, u64)> {
+        self.completed
+            .iter()
+            .map(|(m, n)| (mnemonic_name(*m), *n))
+            .collect()
+    }
+}
+
+impl serde::Serialize for EmulationStats {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let completed: std::collections::BTreeMap<String, u64> =
+            self.completed_by_name().into_iter().collect();
+        let injected: std::collections::BTreeMap<&str, u64> =
+            self.injected.iter().map(|(e, n)| (e.name(), *n)).collect();
+        let mut st = s.serialize_struct("EmulationStats", 2)?;
+        st.serialize_field("completed", &completed)?;
+        st.serialize_field("injected", &injected)?;
+        st.end()
     }
 }
 
@@ -174,6 +287,8 @@ pub struct Stats {
     pub scratch_switches: Option<u64>,
     /// KVM memory slots installed at exit.
     pub slots_at_exit: usize,
+    /// Instructions cxlvm completed for KVM's emulator, exceptions it injected.
+    pub emulation: EmulationStats,
 }
 
 /// Result of [`crate::Machine::run`].

@@ -13,7 +13,7 @@ use cxlvm_seccomp::{BpfProgram, Params, SeccompError, ThreadKind};
 use tracing::{debug, error};
 use vmm_sys_util::signal::Killable;
 
-use crate::report::{FaultKind, Outcome, RunError, RunReport, Stats};
+use crate::report::{EmulationStats, FaultKind, NotCompleted, Outcome, RunError, RunReport, Stats};
 use crate::{Machine, VmmError};
 
 /// Shared by the vCPU threads and the thread that waits for them.
@@ -60,6 +60,109 @@ struct VcpuCtx {
     pio: Arc<PioBus>,
     stopper: Arc<Stopper>,
     ctl: Arc<Control>,
+    emulation: Arc<Mutex<EmulationStats>>,
+}
+
+/// `KVM_INTERNAL_ERROR_EMULATION`: KVM's instruction emulator gave up.
+const INTERNAL_ERROR_EMULATION: u32 = 1;
+
+/// Guest-physical memory for completions: the current flat view, looked up per access (a
+/// completion's own writes may change the memory map), counting bytes that hit no region.
+struct ViewMemory<'a> {
+    view: &'a FlatViewHandle,
+    unassigned: std::cell::Cell<u64>,
+}
+
+impl cxlvm_emulate::Memory for ViewMemory<'_> {
+    fn read(&self, gpa: cxlvm_emulate::Gpa, buf: &mut [u8]) {
+        let o = self.view.with(|v| v.read(gpa.0, buf));
+        self.unassigned
+            .set(self.unassigned.get() + o.unassigned_bytes as u64);
+    }
+
+    fn write(&self, gpa: cxlvm_emulate::Gpa, data: &[u8]) {
+        let o = self.view.with(|v| v.write(gpa.0, data));
+        self.unassigned
+            .set(self.unassigned.get() + o.unassigned_bytes as u64);
+    }
+
+    fn is_ram(&self, gpa: cxlvm_emulate::Gpa) -> bool {
+        self.view
+            .with(|v| v.lookup(gpa.0).is_some_and(|r| r.is_ram()))
+    }
+}
+
+/// Completes the instruction KVM's emulator gave up on (`cxlvm-emulate`), injecting the
+/// exception it raises if any, and lets the vCPU go on; or ends the run with the reason.
+fn complete_instruction(vcpu: &mut Vcpu, ctx: &VcpuCtx, data: Vec<u64>) -> Option<Outcome> {
+    let bytes = kvm_instruction_bytes(&data);
+    let mem = ViewMemory {
+        view: &ctx.view,
+        unassigned: std::cell::Cell::new(0),
+    };
+    let mut state = vcpu.completion_state();
+    let result = cxlvm_emulate::complete(&mut state, &mem, bytes.as_deref());
+    let unassigned = mem.unassigned.get();
+    if unassigned > 0 {
+        ctx.ctl.unassigned.fetch_add(unassigned, Ordering::Relaxed);
+    }
+    let why = match result {
+        Ok(c) => {
+            let (mnemonic, fault) = match c {
+                cxlvm_emulate::Completion::Done { mnemonic } => (mnemonic, None),
+                cxlvm_emulate::Completion::Raise { mnemonic, fault } => (mnemonic, Some(fault)),
+            };
+            if let Err(e) = state.finish(fault) {
+                let (what, source) = match e {
+                    cxlvm_kvm::KvmError::Ioctl { what, source } => (what, source),
+                    _ => ("ioctl", vmm_sys_util::errno::Error::new(libc::EIO)),
+                };
+                return Some(Outcome::Error(RunError::Complete {
+                    vcpu: vcpu.index(),
+                    what,
+                    source,
+                }));
+            }
+            ctx.emulation
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(mnemonic, fault.map(|f| f.exception));
+            match fault {
+                None => debug!(
+                    vcpu = vcpu.index(),
+                    "completed {}",
+                    crate::mnemonic_name(mnemonic)
+                ),
+                Some(f) => debug!(
+                    vcpu = vcpu.index(),
+                    "completed {}: injecting #{} (error code {:?}, CR2 {:x?})",
+                    crate::mnemonic_name(mnemonic),
+                    f.exception.name(),
+                    f.error_code,
+                    f.cr2
+                ),
+            }
+            return None;
+        }
+        Err(cxlvm_emulate::Failure::Unsupported { mnemonic }) => {
+            NotCompleted::Unsupported(mnemonic)
+        }
+        Err(cxlvm_emulate::Failure::Decode { .. }) => NotCompleted::Undecodable,
+        Err(cxlvm_emulate::Failure::NotLongMode) => NotCompleted::NotLongMode,
+        Err(cxlvm_emulate::Failure::FetchFromMmio { gpa }) => NotCompleted::FetchFromMmio(gpa.0),
+        Err(cxlvm_emulate::Failure::Cpu(e)) => {
+            error!(vcpu = vcpu.index(), "cannot complete an instruction: {e}");
+            NotCompleted::StateUnavailable
+        }
+    };
+    drop(state);
+    Some(fault(
+        vcpu,
+        &ctx.view,
+        FaultKind::InternalError(INTERNAL_ERROR_EMULATION),
+        data,
+        Some(why),
+    ))
 }
 
 /// The instruction bytes KVM attached to an emulation failure: `data` is [suberror, flags,
@@ -78,7 +181,13 @@ fn kvm_instruction_bytes(data: &[u64]) -> Option<Vec<u8>> {
     (len > 0).then(|| raw[1..=len].to_vec())
 }
 
-fn fault(vcpu: &mut Vcpu, view: &FlatViewHandle, kind: FaultKind, data: Vec<u64>) -> Outcome {
+fn fault(
+    vcpu: &mut Vcpu,
+    view: &FlatViewHandle,
+    kind: FaultKind,
+    data: Vec<u64>,
+    not_completed: Option<NotCompleted>,
+) -> Outcome {
     let rip = vcpu.rip();
     // KVM's own copy of the instruction when it gives one (right whatever the guest's paging);
     // otherwise read at RIP, which is a guest-physical address for identity-mapped test guests.
@@ -93,6 +202,7 @@ fn fault(vcpu: &mut Vcpu, view: &FlatViewHandle, kind: FaultKind, data: Vec<u64>
         rip,
         bytes,
         data,
+        not_completed,
     }
 }
 
@@ -166,24 +276,34 @@ fn vcpu_loop(mut vcpu: Vcpu, ctx: VcpuCtx) {
                 ctl.count_mmio(o, "write", addr, data.len());
                 None
             }
-            Ok(VcpuExit::Shutdown) => {
-                Some(fault(&mut vcpu, &ctx.view, FaultKind::Shutdown, vec![]))
-            }
+            Ok(VcpuExit::Shutdown) => Some(fault(
+                &mut vcpu,
+                &ctx.view,
+                FaultKind::Shutdown,
+                vec![],
+                None,
+            )),
             Ok(VcpuExit::InternalError) => {
-                let d = vcpu.internal_error();
-                let sub = d.data.first().copied().unwrap_or(0) as u32;
-                Some(fault(
-                    &mut vcpu,
-                    &ctx.view,
-                    FaultKind::InternalError(sub),
-                    d.data,
-                ))
+                let data = vcpu.internal_error_data();
+                let sub = data.first().copied().unwrap_or(0) as u32;
+                if sub == INTERNAL_ERROR_EMULATION {
+                    complete_instruction(&mut vcpu, &ctx, data)
+                } else {
+                    Some(fault(
+                        &mut vcpu,
+                        &ctx.view,
+                        FaultKind::InternalError(sub),
+                        data,
+                        None,
+                    ))
+                }
             }
             Ok(VcpuExit::FailEntry(reason, _cpu)) => Some(fault(
                 &mut vcpu,
                 &ctx.view,
                 FaultKind::FailEntry(reason),
                 vec![],
+                None,
             )),
             Ok(VcpuExit::Intr) => None,
             Ok(other) => {
@@ -193,6 +313,7 @@ fn vcpu_loop(mut vcpu: Vcpu, ctx: VcpuCtx) {
                     &ctx.view,
                     FaultKind::Unexpected(name),
                     vec![],
+                    None,
                 ))
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -278,6 +399,7 @@ impl Machine {
                 pio: self.pio.clone(),
                 stopper: self.stopper.clone(),
                 ctl: ctl.clone(),
+                emulation: self.emulation.clone(),
             };
             let name = format!("vcpu{}", vcpu.index());
             let filter = filters.as_ref().map(|f| f.vcpu.clone());
@@ -389,6 +511,11 @@ impl Machine {
             scratch_mmio_accesses: self.scratch.as_ref().map(|s| s.mmio_accesses()),
             scratch_switches: self.scratch.as_ref().map(|s| s.switches()),
             slots_at_exit: self.slots.snapshot().len(),
+            emulation: self
+                .emulation
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         };
         Ok(RunReport { outcome, stats })
     }

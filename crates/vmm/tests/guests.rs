@@ -3,7 +3,8 @@
 mod common;
 
 use common::{boot, config, word};
-use cxlvm_vmm::{FaultKind, Outcome};
+use cxlvm_emulate::Mnemonic;
+use cxlvm_vmm::{FaultKind, NotCompleted, Outcome};
 
 #[test]
 fn hello_guest_prints_and_exits_zero() {
@@ -59,31 +60,57 @@ fn window_mmio_then_alias_then_mmio_keeps_every_byte() {
     );
 }
 
-fn expect_emulation_failure(mode: &str) {
+/// Runs `window` with the alias off and expects it to end with an emulation failure that cxlvm
+/// could not complete either, for `why`.
+fn expect_uncompleted(mode: &str, why: impl Fn(&NotCompleted) -> bool) -> String {
     let (mut cfg, cap) = config("window", &format!("mode={mode} alias=off"));
     cfg.scratch_window = Some(2 << 20);
     let (m, r, text) = boot(cfg, &cap);
     match &r.outcome {
         Outcome::Fault {
-            kind, bytes, rip, ..
+            kind,
+            bytes,
+            rip,
+            not_completed,
+            ..
         } => {
             assert_eq!(*kind, FaultKind::InternalError(1), "serial:\n{text}");
-            // The bytes KVM reports (up to 15) are the instruction at RIP (test guests are
-            // identity-mapped, so RIP is also where it lies in guest memory).
+            assert!(
+                not_completed.as_ref().is_some_and(&why),
+                "{not_completed:?}; serial:\n{text}"
+            );
+            // The bytes are the instruction at RIP (test guests are identity-mapped, so RIP is
+            // also where it lies in guest memory, RAM or window).
             assert!((1..=16).contains(&bytes.len()), "{bytes:x?}");
             let mut at_rip = vec![0u8; bytes.len()];
             m.view().with(|v| v.read(*rip, &mut at_rip));
             assert_eq!(bytes, &at_rip);
         }
         other => panic!(
-            "{mode} on an MMIO-only range must fail emulation, got {other:?}; serial:\n{text}"
+            "{mode} must end with an uncompleted instruction, got {other:?}; serial:\n{text}"
         ),
     }
     assert_eq!(r.outcome.exit_status(), 1);
-    let msg = r.outcome.message().unwrap();
+    assert_eq!(r.stats.emulation.total(), 0, "nothing was completed");
+    r.outcome.message().unwrap()
+}
+
+/// Runs `window` with the alias off and expects the instruction KVM cannot emulate to be
+/// completed by cxlvm: the guest checks the bytes through MMIO and exits 0.
+fn expect_completed(mode: &str, mnemonic: Mnemonic) {
+    let (mut cfg, cap) = config("window", &format!("mode={mode} alias=off"));
+    cfg.scratch_window = Some(2 << 20);
+    let (m, r, text) = boot(cfg, &cap);
+    assert_eq!(r.outcome, Outcome::Exit(0), "serial:\n{text}");
+    assert!(text.contains(&format!("{mode} ok")), "serial:\n{text}");
     assert!(
-        msg.contains("emulation failure") && msg.contains("RIP"),
-        "{msg}"
+        r.stats.emulation.completed(mnemonic) >= 1,
+        "{:?}",
+        r.stats.emulation
+    );
+    assert!(
+        m.scratch().unwrap().mmio_accesses() > 0,
+        "went through MMIO"
     );
 }
 
@@ -97,8 +124,8 @@ fn expect_success_on_alias(mode: &str) {
 }
 
 #[test]
-fn xsavec_to_mmio_only_window_is_an_emulation_failure() {
-    expect_emulation_failure("xsavec");
+fn xsavec_to_mmio_only_window_is_completed_by_cxlvm() {
+    expect_completed("xsavec", Mnemonic::Xsavec);
 }
 
 #[test]
@@ -107,8 +134,28 @@ fn xsavec_to_aliased_window_succeeds() {
 }
 
 #[test]
-fn avx_store_to_mmio_only_window_is_an_emulation_failure() {
-    expect_emulation_failure("avx");
+fn avx_store_to_mmio_only_window_is_completed_by_cxlvm() {
+    expect_completed("avx", Mnemonic::Vmovdqu);
+}
+
+#[test]
+fn an_uncovered_instruction_on_the_mmio_path_ends_the_run_naming_it() {
+    let msg = expect_uncompleted("uncovered", |n| {
+        *n == NotCompleted::Unsupported(Mnemonic::Vaddps)
+    });
+    assert!(
+        msg.contains("emulation failure") && msg.contains("RIP") && msg.contains("vaddps"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn instruction_fetch_from_the_mmio_path_ends_the_run() {
+    let msg = expect_uncompleted(
+        "fetch",
+        |n| matches!(n, NotCompleted::FetchFromMmio(gpa) if *gpa == cxlvm_x86::layout::SCRATCH_WINDOW_BASE),
+    );
+    assert!(msg.contains("MMIO path"), "{msg}");
 }
 
 #[test]

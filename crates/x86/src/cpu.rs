@@ -1,10 +1,11 @@
-//! Register state for a vCPU entering a test guest in 64-bit mode at CPL3.
+//! Register state for a vCPU entering a test guest in 64-bit mode at CPL3 (or at CPL0 for
+//! ring-0 test guests).
 
 use kvm_bindings::{CpuId, kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 
 use crate::layout::{GDT, TSS};
 
-/// Kernel code selector (unused by the guest, present for completeness).
+/// Kernel code selector (CPL0 guests; CPL3 guests never load it).
 pub const KERNEL_CS: u16 = 0x08;
 /// Kernel data selector.
 pub const KERNEL_DS: u16 = 0x10;
@@ -83,9 +84,22 @@ fn segment(selector: u16, type_: u8, dpl: u8, code: bool) -> kvm_segment {
 
 /// Special registers for 64-bit mode at CPL3 with paging rooted at `cr3`, starting from the
 /// vCPU's current `sregs` (so that fields KVM filled in, like the APIC base, are kept).
-pub fn cpl3_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
-    sregs.cs = segment(USER_CS, 0xb, 3, true);
-    let data = segment(USER_DS, 0x3, 3, false);
+pub fn cpl3_sregs(sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
+    long_mode_sregs(sregs, cr3, USER_CS, USER_DS, 3)
+}
+
+/// Special registers for 64-bit mode at CPL0 (CS = [`KERNEL_CS`], SS/DS/ES/FS/GS =
+/// [`KERNEL_DS`], both DPL 0), otherwise exactly as [`cpl3_sregs`]: same GDT, TSS, paging,
+/// control registers and EFER.
+pub fn cpl0_sregs(sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
+    long_mode_sregs(sregs, cr3, KERNEL_CS, KERNEL_DS, 0)
+}
+
+/// Flat 64-bit code segment `code`, data segment `data` (both at privilege `dpl`), the GDT and
+/// TSS of [`gdt`], no IDT, paging at `cr3`.
+fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64, code: u16, data: u16, dpl: u8) -> kvm_sregs {
+    sregs.cs = segment(code, 0xb, dpl, true);
+    let data = segment(data, 0x3, dpl, false);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
@@ -209,5 +223,32 @@ mod tests {
         assert_eq!(s.cs.l, 1);
         assert_eq!(s.efer & (EFER_LMA | EFER_LME), EFER_LMA | EFER_LME);
         assert_eq!(s.cr3, 0x1000);
+    }
+
+    #[test]
+    fn ring0_sregs_are_cpl0_long_mode_with_the_kernel_selectors() {
+        let s = cpl0_sregs(kvm_sregs::default(), 0x2000);
+        assert_eq!(s.cs.selector, KERNEL_CS);
+        assert_eq!(s.cs.dpl, 0, "CPL = CS.DPL = 0");
+        assert_eq!((s.cs.type_, s.cs.l, s.cs.db, s.cs.s), (0xb, 1, 0, 1));
+        for (name, seg) in [("ss", s.ss), ("ds", s.ds), ("es", s.es), ("fs", s.fs), ("gs", s.gs)] {
+            assert_eq!(seg.selector, KERNEL_DS, "{name}");
+            assert_eq!(seg.dpl, 0, "{name}");
+            assert_eq!((seg.type_, seg.present, seg.s), (0x3, 1, 1), "{name}");
+        }
+        // The selectors name the GDT's DPL-0 descriptors, so reloading them (IRETQ pops CS and
+        // SS) finds what KVM was given here.
+        let g = gdt();
+        let e = |sel: u16| u64::from_le_bytes(g[sel as usize..sel as usize + 8].try_into().unwrap());
+        assert_eq!((e(KERNEL_CS) >> 45) & 3, 0);
+        assert_eq!((e(KERNEL_CS) >> 53) & 1, 1, "kernel code is 64-bit (L)");
+        assert_eq!((e(KERNEL_DS) >> 45) & 3, 0);
+        // Everything but the segments is the CPL3 state.
+        let u = cpl3_sregs(kvm_sregs::default(), 0x2000);
+        assert_eq!((s.cr0, s.cr3, s.cr4, s.efer), (u.cr0, u.cr3, u.cr4, u.efer));
+        assert_eq!((s.gdt.base, s.gdt.limit), (u.gdt.base, u.gdt.limit));
+        assert_eq!((s.idt.base, s.idt.limit), (0, 0));
+        assert_eq!((s.tr.selector, s.tr.base), (TSS_SEL, TSS));
+        assert_eq!(s.efer & (EFER_LMA | EFER_LME), EFER_LMA | EFER_LME);
     }
 }

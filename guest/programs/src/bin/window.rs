@@ -9,7 +9,10 @@
 //! - `stress` (`words=`, default 65536; `toggles=`, default 2000; needs 2 vCPUs): vCPU 0
 //!   streams a pattern into the window while vCPU 1 toggles the alias, then vCPU 0 checks it;
 //! - `exits` (`count=`, default 20000): cycles per access of window MMIO (alias off), null MMIO
-//!   and the null port.
+//!   and the null port;
+//! - `uncovered`: `vaddps ymm0, ymm0, [window]` with the alias off — an instruction neither
+//!   KVM's emulator nor cxlvm completes, so the run must end with a report naming it;
+//! - `fetch`: jumps into the window with the alias off — instruction fetch from the MMIO path.
 //!
 //! Exit status: 0 ok, 2 bad argument (or too few vCPUs, or a window too small), 3 no scratch
 //! window (or no null MMIO device for `exits`), 4 data mismatch, 5 CPU lacks XSAVEC/AVX,
@@ -62,8 +65,12 @@ fn main(boot: &BootInfo, vcpu: u32) -> i32 {
         "xsavec" => xsavec(&window),
         "avx" => avx(&window),
         "exits" => exits(boot, &window),
+        "uncovered" => uncovered(&window),
+        "fetch" => fetch(&window),
         other => {
-            println!("window: bad mode `{other}` (roundtrip, xsavec, avx, stress, exits)");
+            println!(
+                "window: bad mode `{other}` (roundtrip, xsavec, avx, stress, exits, uncovered, fetch)"
+            );
             Err(BAD_ARG)
         }
     };
@@ -256,6 +263,40 @@ fn avx(w: &Window) -> Result<(), i32> {
     }
     println!("avx ok");
     Ok(())
+}
+
+/// An AVX arithmetic instruction with its memory operand on the MMIO path: returns only if the
+/// VMM completed it (which it must not claim to).
+fn uncovered(w: &Window) -> Result<(), i32> {
+    if !cpu::has_avx() {
+        println!("uncovered: AVX not usable on this CPU");
+        return Err(UNSUPPORTED);
+    }
+    w.set_alias(false)?;
+    println!("uncovered: vaddps ymm0, ymm0, [{:#x}]", w.mmio.base());
+    // SAFETY: the window is a mapped device range of at least 32 bytes; AVX is usable; ymm0 is
+    // declared clobbered.
+    unsafe {
+        core::arch::asm!(
+            "vaddps ymm0, ymm0, ymmword ptr [{p}]",
+            p = in(reg) w.mmio.ptr(0),
+            out("ymm0") _,
+            options(nostack),
+        );
+    }
+    println!("uncovered: the instruction returned");
+    Err(MISMATCH)
+}
+
+/// Jumps to the window base with the alias off: the instruction fetch reaches the MMIO path.
+fn fetch(w: &Window) -> Result<(), i32> {
+    w.set_alias(false)?;
+    println!("fetch: jumping to {:#x}", w.mmio.base());
+    // SAFETY: control leaves for device memory on purpose; the VMM must end the run there (the
+    // window reads back zeroes, which decode as `add [rax], al`, so nothing sensible returns).
+    unsafe {
+        core::arch::asm!("jmp {p}", p = in(reg) w.mmio.ptr(0), options(noreturn));
+    }
 }
 
 fn on_off(on: bool) -> &'static str {
