@@ -328,6 +328,22 @@ fn execute(ctx: &mut Ctx<'_>, ins: &Instruction, regs: Registers) -> Result<(), 
             ctx.write(la, &v.to_le_bytes())?;
             advance(ctx, ins, regs)
         }
+        Code::Xgetbv => {
+            if ctx.sys.cr4 & cr::CR4_OSXSAVE == 0 {
+                return Err(Fault::plain(Exception::InvalidOpcode).into());
+            }
+            let x = ctx.cpu.xstate()?;
+            let v = match regs.gpr[gpr::RCX] & 0xffff_ffff {
+                0 => x.xcr0,
+                // XINUSE (where XGETBV with ECX = 1 is supported).
+                1 => x.xinuse() & x.xcr0,
+                _ => return Err(Fault::gp(0).into()),
+            };
+            let mut r = regs;
+            r.gpr[gpr::RAX] = v & 0xffff_ffff;
+            r.gpr[gpr::RDX] = v >> 32;
+            advance(ctx, ins, r)
+        }
         Code::Clac | Code::Stac => {
             if ctx.sys.cpl != 0 {
                 return Err(Fault::plain(Exception::InvalidOpcode).into());

@@ -279,16 +279,9 @@ fn walk_sets_accessed_and_dirty_bits() {
     let mem = Mem::default();
     let mut t = Tables::new(&mem, 4);
     t.map(0x1000_0000, 0x7000_0000, P | RW | US);
-    let pte = |mem: &Mem| {
-        // The PTE is in the last table allocated.
-        let pt = t_last(mem);
-        mem.u64(pt + ((0x1000_0000u64 >> 12) & 0x1ff) * 8)
-    };
-    fn t_last(mem: &Mem) -> u64 {
-        // PML4 → PDPT → PD → PT, allocated at 0x2000, 0x3000, 0x4000.
-        let _ = mem;
-        0x4000
-    }
+    // PML4 → PDPT → PD → PT, allocated at 0x2000, 0x3000, 0x4000; 0x1000_0000 is entry 0 of
+    // its page table (index bits 20:12 are zero).
+    let pte = |mem: &Mem| mem.u64(0x4000);
     let w = Walker::new(system(3), 2);
     w.translate(&mem, Linear(0x1000_0000), AccessKind::Read)
         .unwrap();
@@ -521,7 +514,15 @@ fn xsavec_then_xrstor_restores_the_saved_registers() {
     c.xs.set_mxcsr(0x1fa0);
     c.regs.gpr[gpr::RDI] = DATA;
     c.regs.gpr[gpr::RAX] = 7;
-    // xsavec [rdi]
+    // xsavec [rdi] of AVX only leaves MXCSR's field alone.
+    mem.put(0x30_0000 + 24, &[0xee; 4]);
+    c.regs.gpr[gpr::RAX] = 4;
+    run(&mut c, &mem, &[0x0f, 0xc7, 0x27]).unwrap();
+    assert_eq!(mem.get(0x30_0000 + 24, 4), vec![0xee; 4]);
+    assert_eq!(mem.u64(0x30_0000 + 520), 4 | 1 << 63, "XCOMP_BV");
+    // xsavec [rdi] of x87|SSE|AVX
+    c.regs.rip = CODE;
+    c.regs.gpr[gpr::RAX] = 7;
     run(&mut c, &mem, &[0x0f, 0xc7, 0x27]).unwrap();
     assert_eq!(mem.u64(0x30_0000 + 512), 7, "XSTATE_BV");
     assert_eq!(mem.u64(0x30_0000 + 520), 7 | 1 << 63, "XCOMP_BV");
@@ -601,8 +602,17 @@ fn ring0_int3_ldmxcsr_clac_stac_fwait() {
     assert!(
         matches!(r, Completion::Raise { fault, .. } if fault.exception == Exception::InvalidOpcode)
     );
-    // fwait: nothing pending, a no-op; with FSW.ES set, #MF.
+    // xgetbv with ECX = 0: XCR0 in EDX:EAX; ECX = 2: #GP(0).
     let rip = c.regs.rip;
+    c.regs.gpr[gpr::RCX] = 0;
+    run(&mut c, &mem, &[0x0f, 0x01, 0xd0]).unwrap();
+    assert_eq!((c.regs.gpr[gpr::RAX], c.regs.gpr[gpr::RDX]), (7, 0));
+    assert_eq!(c.regs.rip, rip + 3);
+    c.regs.gpr[gpr::RCX] = 2;
+    let r = run(&mut c, &mem, &[0x0f, 0x01, 0xd0]).unwrap();
+    assert!(matches!(r, Completion::Raise { fault, .. } if fault == crate::Fault::gp(0)));
+    c.regs.rip = rip;
+    // fwait: nothing pending, a no-op; with FSW.ES set, #MF.
     run(&mut c, &mem, &[0x9b]).unwrap();
     assert_eq!(c.regs.rip, rip + 1);
     c.xs.image[2] = 0x80;

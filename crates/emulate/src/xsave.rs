@@ -152,7 +152,13 @@ fn save(ctx: &mut Ctx<'_>, la: Linear, rfbm: u64, form: Form) -> Result<(), Faul
             writes.push((s, x.image[s..e].to_vec()));
         }
     }
-    if rfbm & 0b110 != 0 {
+    // MXCSR: the standard forms save it whenever SSE or AVX state is requested; XSAVEC only
+    // with the SSE state it belongs to (measured on this host: an AVX-only XSAVEC leaves it).
+    let mxcsr = match form {
+        Form::Compacted => write & 0b10 != 0,
+        Form::Standard | Form::Optimised => rfbm & 0b110 != 0,
+    };
+    if mxcsr {
         writes.push((MXCSR_PART.0, x.image[MXCSR_PART.0..MXCSR_PART.1].to_vec()));
     }
     if write & 2 != 0 {

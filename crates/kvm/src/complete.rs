@@ -16,6 +16,8 @@ pub struct CompletionState<'a> {
     regs: Option<(kvm_regs, Registers)>,
     sregs: Option<kvm_sregs>,
     xstate: Option<XState>,
+    /// The image as KVM gave it (written back only if the completion changed it).
+    xstate_read: Vec<u8>,
     /// Registers handed out mutably (may have changed).
     regs_dirty: bool,
     xstate_dirty: bool,
@@ -87,6 +89,7 @@ impl Vcpu {
             regs: None,
             sregs: None,
             xstate: None,
+            xstate_read: Vec::new(),
             regs_dirty: false,
             xstate_dirty: false,
         }
@@ -120,6 +123,7 @@ impl CompletionState<'_> {
         }
         if self.xstate_dirty
             && let Some(x) = &self.xstate
+            && x.image != self.xstate_read
         {
             let mut image = kvm_xsave::default();
             for (i, w) in image.region.iter_mut().enumerate() {
@@ -222,6 +226,7 @@ impl Cpu for CompletionState<'_> {
                 return Err(CpuError::XsaveTooLarge { xcr0 });
             }
             let image: Vec<u8> = raw.region.iter().flat_map(|w| w.to_le_bytes()).collect();
+            self.xstate_read = image.clone();
             self.xstate = Some(XState {
                 image,
                 xcr0,

@@ -666,6 +666,11 @@ impl Machine {
         crate::MemoryState {
             flat_view,
             windows,
+            emulation: self
+                .emulation
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             slots,
             tree,
         }

@@ -342,6 +342,8 @@ pub struct MemoryState {
     /// The region tree, as text.
     #[serde(skip)]
     pub tree: String,
+    /// Instructions completed for KVM's emulator so far, exceptions injected.
+    pub emulation: EmulationStats,
 }
 
 impl std::fmt::Display for MemoryState {
@@ -387,6 +389,31 @@ impl std::fmt::Display for MemoryState {
                 )?;
             }
         }
+        let done: Vec<String> = self
+            .emulation
+            .completed_by_name()
+            .into_iter()
+            .map(|(m, n)| format!("{m} {n}"))
+            .collect();
+        let injected: Vec<String> = cxlvm_emulate::Exception::ALL
+            .into_iter()
+            .filter(|e| self.emulation.injected(*e) > 0)
+            .map(|e| format!("#{} {}", e.name(), self.emulation.injected(e)))
+            .collect();
+        writeln!(
+            f,
+            "instructions completed by cxlvm: {}{}",
+            if done.is_empty() {
+                "none".to_owned()
+            } else {
+                done.join(", ")
+            },
+            if injected.is_empty() {
+                String::new()
+            } else {
+                format!("; exceptions injected: {}", injected.join(", "))
+            }
+        )?;
         Ok(())
     }
 }

@@ -231,7 +231,13 @@ mod tests {
         assert_eq!(s.cs.selector, KERNEL_CS);
         assert_eq!(s.cs.dpl, 0, "CPL = CS.DPL = 0");
         assert_eq!((s.cs.type_, s.cs.l, s.cs.db, s.cs.s), (0xb, 1, 0, 1));
-        for (name, seg) in [("ss", s.ss), ("ds", s.ds), ("es", s.es), ("fs", s.fs), ("gs", s.gs)] {
+        for (name, seg) in [
+            ("ss", s.ss),
+            ("ds", s.ds),
+            ("es", s.es),
+            ("fs", s.fs),
+            ("gs", s.gs),
+        ] {
             assert_eq!(seg.selector, KERNEL_DS, "{name}");
             assert_eq!(seg.dpl, 0, "{name}");
             assert_eq!((seg.type_, seg.present, seg.s), (0x3, 1, 1), "{name}");
@@ -239,7 +245,8 @@ mod tests {
         // The selectors name the GDT's DPL-0 descriptors, so reloading them (IRETQ pops CS and
         // SS) finds what KVM was given here.
         let g = gdt();
-        let e = |sel: u16| u64::from_le_bytes(g[sel as usize..sel as usize + 8].try_into().unwrap());
+        let e =
+            |sel: u16| u64::from_le_bytes(g[sel as usize..sel as usize + 8].try_into().unwrap());
         assert_eq!((e(KERNEL_CS) >> 45) & 3, 0);
         assert_eq!((e(KERNEL_CS) >> 53) & 1, 1, "kernel code is 64-bit (L)");
         assert_eq!((e(KERNEL_DS) >> 45) & 3, 0);

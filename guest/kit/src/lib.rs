@@ -13,6 +13,9 @@
 //! - MMIO accessors ([`mmio`]) and CPU helpers ([`cpu`]): `rdtsc`, `cpuid`, `xsavec`, AVX loads
 //!   and stores, `rep movsb`;
 //! - multi-vCPU helpers ([`sync`]): a spin lock and a barrier on plain RAM atomics;
+//! - ring-0 guests (cxlvm's `Privilege::Kernel`): an IDT with stubs for every exception and one
+//!   Rust handler, control registers, `invlpg` and the way down to CPL3 ([`idt`]), and a 4-level
+//!   page-table builder with remappable 4 KiB pages ([`paging`]);
 //! - PCI configuration space through ECAM ([`pci`]) and CXL registers ([`cxl`]): host bridges
 //!   and windows from the boot info, DVSECs, component registers and HDM decoders, device
 //!   registers and the mailbox;
@@ -48,8 +51,10 @@ pub mod console;
 pub mod cpu;
 pub mod cxl;
 pub mod fixed;
+pub mod idt;
 mod mem;
 pub mod mmio;
+pub mod paging;
 mod panic;
 pub mod pci;
 pub mod port;
