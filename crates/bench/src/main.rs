@@ -39,6 +39,9 @@ struct Args {
     /// leaves (tests the checks made before each case).
     #[arg(long, hide = true, value_name = "N")]
     vma_room: Option<u64>,
+    /// Run only the cases whose name contains this text (case-insensitive), e.g. `--only xsavec`.
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
     /// Internal: device (and window) bytes for --single-linux (0: no CXL).
     #[arg(long, hide = true, default_value_t = 0)]
     window: u64,
@@ -217,6 +220,18 @@ struct Results {
     /// `--vma-room`, when given.
     #[serde(skip)]
     vma_room: Option<u64>,
+    /// `--only`, lower case, when given.
+    #[serde(skip)]
+    only: Option<String>,
+}
+
+impl Results {
+    /// Whether `--only` selects case `name`.
+    fn selected(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| name.to_lowercase().contains(o))
+    }
 }
 
 /// Why a benchmark case has no figures.
@@ -282,6 +297,9 @@ fn case(
     mappings: u64,
     f: impl FnOnce(&mut Results) -> anyhow::Result<()>,
 ) {
+    if !res.selected(name) {
+        return;
+    }
     if let Some((room, limit)) = vma_room(res.vma_room)
         && mappings > room
     {
@@ -394,6 +412,7 @@ fn main() -> anyhow::Result<()> {
         machine: machine(),
         quick: args.quick,
         vma_room: args.vma_room,
+        only: args.only.as_ref().map(|o| o.to_lowercase()),
         ..Default::default()
     };
     let mib = if args.quick { 4 } else { 64 };
@@ -442,7 +461,8 @@ fn main() -> anyhow::Result<()> {
         startup(res, runs)
     });
     // 6. Linux start-up: a ~60 MiB vmlinux to its first instruction, each in a fresh process.
-    match bench_kernel() {
+    match bench_kernel().filter(|_| res.selected("Linux start-up")) {
+        _ if !res.selected("Linux start-up") => {}
         Some(kernel) => case(&mut res, "Linux start-up", 1, |res| {
             linux_startup(res, &kernel, runs)
         }),
