@@ -15,7 +15,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 secs="${1:-60}"
 shift || true
-all=(ecam hdm mailbox window topology regions elf)
+all=(ecam hdm mailbox window topology regions elf emulate)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 jobs="${FUZZ_JOBS:-2}"

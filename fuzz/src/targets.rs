@@ -981,6 +981,7 @@ pub fn by_name(name: &str) -> Option<fn(&[u8])> {
         "topology" => topology,
         "regions" => regions,
         "elf" => elf,
+        "emulate" => crate::emulate::emulate,
         _ => return None,
     })
 }

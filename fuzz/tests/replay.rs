@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use cxlvm_fuzz::targets::by_name;
 
-const TARGETS: [&str; 7] = [
-    "ecam", "hdm", "mailbox", "window", "topology", "regions", "elf",
+const TARGETS: [&str; 8] = [
+    "ecam", "hdm", "mailbox", "window", "topology", "regions", "elf", "emulate",
 ];
 
 fn files(dir: &Path, t: &str) -> Vec<PathBuf> {
