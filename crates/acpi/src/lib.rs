@@ -57,7 +57,7 @@ pub use platform::{
     Arithmetic, BusRange, CHBCR_SIZE, Cpu, Ecam, FixedWindow, Granularity, HostBridge,
     InterruptOverride, IoApic, LOCAL_APIC_ADDRESS, MAX_HOST_BRIDGES, MemRange, Platform, Polarity,
     PowerRegisters, Restrictions, S5_SLEEP_TYPE, SLEEP_ENABLE, SerialPort, Trigger, WAKE_STATUS,
-    WINDOW_ALIGN, Ways, sleep_control_is_poweroff, sleep_control_request, split_aperture,
+    WINDOW_ALIGN, Ways, sleep_control_is_poweroff, sleep_control_request,
 };
 pub use tables::{
     CEDT_CFMWS, CEDT_CHBS, CEDT_CXIMS, CHBS_CXL20, CREATOR_ID, CREATOR_REVISION, FADT_FLAGS,

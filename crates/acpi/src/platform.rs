@@ -172,7 +172,7 @@ pub struct HostBridge {
     pub chbcr: MemRange,
     /// Memory it decodes for the BARs below it: each range becomes a (non-prefetchable)
     /// memory window of its `_CRS`, 32-bit if it ends below 4 GiB, 64-bit otherwise. Disjoint
-    /// from every other host bridge's (see [`split_aperture`]). A PCI-to-PCI bridge (a root
+    /// from every other host bridge's (cxlvm gives each its share of the PCI MMIO aperture). A PCI-to-PCI bridge (a root
     /// port) forwards non-prefetchable memory only below 4 GiB, so non-prefetchable BARs of
     /// devices behind root ports need a range here below 4 GiB.
     pub mmio: Vec<MemRange>,
@@ -484,34 +484,6 @@ pub struct Platform {
     pub serial: Option<SerialPort>,
     /// Power-off and reset registers (FADT).
     pub power: PowerRegisters,
-}
-
-/// Splits a PCI MMIO aperture into `count` equal slices, one per host bridge (for
-/// [`HostBridge::mmio`]): each slice is a multiple of 1 MiB (the granularity of a bridge's
-/// memory window) and starts at a 1 MiB boundary; what does not divide evenly is left unused.
-pub fn split_aperture(aperture: MemRange, count: usize) -> Result<Vec<MemRange>, AcpiError> {
-    const MIB: u64 = 1 << 20;
-    let err = || AcpiError::Aperture {
-        range: aperture,
-        count,
-    };
-    aperture.last().ok_or_else(err)?;
-    let start = aperture
-        .base
-        .checked_next_multiple_of(MIB)
-        .ok_or_else(err)?;
-    let usable = (aperture.base + aperture.size).saturating_sub(start);
-    let n = u64::try_from(count).map_err(|_| err())?;
-    if n == 0 {
-        return Err(err());
-    }
-    let slice = usable / n / MIB * MIB;
-    if slice == 0 {
-        return Err(err());
-    }
-    Ok((0..n)
-        .map(|i| MemRange::new(start + i * slice, slice))
-        .collect())
 }
 
 impl Platform {

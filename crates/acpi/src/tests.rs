@@ -284,20 +284,6 @@ fn encodings_round_trip() {
 }
 
 #[test]
-fn split_aperture_gives_disjoint_mib_slices() {
-    let s = split_aperture(MemRange::new(0xc000_0000, 256 << 20), 3).unwrap();
-    assert_eq!(s.len(), 3);
-    for (i, r) in s.iter().enumerate() {
-        assert_eq!(r.base % (1 << 20), 0);
-        assert_eq!(r.size, 85 << 20);
-        assert_eq!(r.base, 0xc000_0000 + i as u64 * (85 << 20));
-    }
-    assert!(split_aperture(MemRange::new(0x100, 1 << 20), 1).is_err());
-    assert!(split_aperture(MemRange::new(0, 1 << 20), 0).is_err());
-    assert!(split_aperture(MemRange::new(0, 1 << 20), 2).is_err());
-}
-
-#[test]
 fn no_host_bridges_means_no_cedt_and_no_cxl_root() {
     let mut p = platform();
     p.host_bridges.clear();

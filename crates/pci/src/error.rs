@@ -49,6 +49,18 @@ pub enum PciError {
         /// Header type layout needed.
         expected: u8,
     },
+    /// Firmware asked for a bridge memory window the registers cannot express.
+    #[error(
+        "{name}: bridge memory window [{base:#x}, +{size:#x}) is not 1 MiB aligned below 4 GiB"
+    )]
+    BadBridgeWindow {
+        /// Function name.
+        name: String,
+        /// Requested base.
+        base: u64,
+        /// Requested size.
+        size: u64,
+    },
     /// A BAR index is outside the BAR slots of the header (6 for type 0, 2 for type 1), or a
     /// 64-bit BAR starts in the last slot.
     #[error("{name}: BAR index {index} is not usable here")]

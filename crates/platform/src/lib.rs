@@ -174,6 +174,10 @@ pub struct HostBridgeInfo {
     pub root_ports: u8,
     /// No HDM decoders.
     pub passthrough: bool,
+    /// This host bridge's share of the PCI MMIO aperture (base, size): the memory window its
+    /// `_CRS` describes, holding its root ports' BARs and, behind each root port's memory window,
+    /// its device's BARs.
+    pub mmio: (u64, u64),
 }
 
 /// A window as the guest is told about it.
@@ -347,6 +351,39 @@ fn add_mmio(
     }
     tx.commit()?;
     Ok(r)
+}
+
+/// Each PCI-to-PCI bridge memory window firmware opens (one per root port): the PCI minimum.
+pub const BRIDGE_WINDOW: u64 = 1 << 20;
+
+/// Splits the PCI MMIO aperture into one equal share per host bridge, each starting on a 1 MiB
+/// boundary and a whole number of MiB long, large enough for the host bridge's root-port BARs
+/// (the first MiB) and one bridge window per root port (`root_ports[i]` of host bridge `i`).
+pub fn host_bridge_apertures(
+    base: u64,
+    size: u64,
+    root_ports: &[u8],
+) -> Result<Vec<(u64, u64)>, PlatformError> {
+    let full = || PlatformError::ApertureFull {
+        aperture_mib: size >> 20,
+    };
+    let start = base
+        .checked_next_multiple_of(BRIDGE_WINDOW)
+        .ok_or_else(full)?;
+    let usable = base.saturating_add(size).saturating_sub(start);
+    let n = root_ports.len().max(1) as u64;
+    let share = usable / n / BRIDGE_WINDOW * BRIDGE_WINDOW;
+    let need = root_ports
+        .iter()
+        .map(|&p| (1 + u64::from(p)) * BRIDGE_WINDOW)
+        .max()
+        .unwrap_or(BRIDGE_WINDOW);
+    if share < need {
+        return Err(full());
+    }
+    Ok((0..root_ports.len() as u64)
+        .map(|i| (start + i * share, share))
+        .collect())
 }
 
 /// The guest-physical ranges the platform of `topo` will occupy (windows, CHBCRs, ECAM, BAR
@@ -558,6 +595,15 @@ impl CxlPlatform {
             window_regions.push(c);
         }
 
+        let apertures = host_bridge_apertures(
+            layout.aperture_base,
+            layout.aperture_size,
+            &topo
+                .host_bridges
+                .iter()
+                .map(|h| h.root_ports)
+                .collect::<Vec<_>>(),
+        )?;
         // Host bridge component registers.
         let mut hbinfo = Vec::new();
         for (i, h) in topo.host_bridges.iter().enumerate() {
@@ -578,6 +624,7 @@ impl CxlPlatform {
                 root_bus: root_bus(i),
                 root_ports: h.root_ports,
                 passthrough: h.passthrough,
+                mmio: apertures[i],
             });
         }
 
@@ -678,24 +725,25 @@ impl CxlPlatform {
             Some(layout.ecam_base),
         )?;
 
-        // BARs, like firmware: naturally aligned, packed in the aperture.
-        let mut next = layout.aperture_base;
-        let mut place = |size: u64| -> Result<u64, PlatformError> {
-            let at = next.next_multiple_of(size);
-            if at + size > layout.aperture_base + layout.aperture_size {
-                return Err(PlatformError::ApertureFull {
-                    aperture_mib: layout.aperture_size >> 20,
-                });
+        // BARs, like firmware: each host bridge's root-port BARs at the start of its share of
+        // the aperture, then one 1 MiB block per root port holding its device's BARs, which the
+        // root port's memory window (base/limit, 1 MiB granular, 32-bit) covers where the
+        // aperture lies below 4 GiB — so Linux finds every BAR inside its bridges' windows.
+        for (i, ports) in root_ports.iter().enumerate() {
+            let (base, _) = apertures[i];
+            for (p, rp) in ports.iter().enumerate() {
+                rp.assign_bar(0, base + p as u64 * COMPONENT_SIZE)?;
+                let window = base + (1 + p as u64) * BRIDGE_WINDOW;
+                if window + BRIDGE_WINDOW <= 1 << 32 {
+                    rp.set_memory_window(window, BRIDGE_WINDOW)?;
+                }
             }
-            next = at + size;
-            Ok(at)
-        };
-        for rp in root_ports.iter().flatten() {
-            rp.assign_bar(0, place(COMPONENT_SIZE)?)?;
         }
-        for ep in &endpoints {
-            ep.assign_bar(0, place(COMPONENT_SIZE)?)?;
-            ep.assign_bar(2, place(DeviceRegs::SIZE as u64)?)?;
+        for (ep, d) in endpoints.iter().zip(&topo.devices) {
+            let hb = topo.host_bridge(&d.host_bridge).unwrap_or(0);
+            let window = apertures[hb].0 + (1 + u64::from(d.root_port)) * BRIDGE_WINDOW;
+            ep.assign_bar(0, window)?;
+            ep.assign_bar(2, window + COMPONENT_SIZE)?;
         }
         // Unplaced RAM regions over each device backing: the targets of linear overlays.
         let mut device_ram = Vec::new();

@@ -9,6 +9,11 @@ use cxlvm_memory::AddressSpace;
 use cxlvm_platform::{CxlPlatform, PlatformLayout};
 
 fn build(topo: &str) -> (CxlPlatform, Arc<Mutex<AddressSpace>>) {
+    build_at(topo, 0x40_0000_0000)
+}
+
+/// Builds with the PCI MMIO aperture (1 GiB) at `aperture_base`.
+fn build_at(topo: &str, aperture_base: u64) -> (CxlPlatform, Arc<Mutex<AddressSpace>>) {
     let mut t = Topology::from_toml(topo).unwrap();
     t.validate(&AddressLimits {
         reserved: vec![],
@@ -21,8 +26,12 @@ fn build(topo: &str) -> (CxlPlatform, Arc<Mutex<AddressSpace>>) {
     let layout = PlatformLayout {
         ecam_base: 0xE000_0000,
         chbcr_base: 0xD010_0000,
-        aperture_base: 0x40_0000_0000,
-        aperture_size: 1 << 30,
+        aperture_base,
+        aperture_size: if aperture_base < 1 << 32 {
+            256 << 20
+        } else {
+            1 << 30
+        },
     };
     let options = cxlvm_platform::OverlayOptions {
         vma_budget: 100_000,
@@ -95,6 +104,106 @@ fn lspci_decodes_root_ports_type3_class_and_cxl_dvsecs() {
 /// ECAM (including BARs, bus numbers, bridge control, DVSECs), CHBCRs, root port and endpoint
 /// component registers, device registers (mailbox doorbells) and the windows. Nothing may panic,
 /// and the memory map must stay renderable (every commit either succeeded or changed nothing).
+const TWO_HOST_BRIDGES: &str = r#"
+[[host_bridge]]
+id = "hb0"
+root_ports = 2
+[[host_bridge]]
+id = "hb1"
+root_ports = 1
+[[device]]
+id = "mem0"
+host_bridge = "hb0"
+root_port = 0
+volatile = "256M"
+[[device]]
+id = "mem1"
+host_bridge = "hb0"
+root_port = 1
+volatile = "256M"
+[[device]]
+id = "mem2"
+host_bridge = "hb1"
+root_port = 0
+volatile = "256M"
+[[window]]
+id = "w0"
+size = "1G"
+targets = ["hb0", "hb1"]
+granularity = "4K"
+"#;
+
+/// What Linux checks when it claims firmware's BARs: each inside its host bridge's `_CRS` share
+/// of the aperture, and each device's BARs inside its root port's memory window (found by Linux
+/// itself on a first boot: "can't claim; no compatible bridge window").
+#[test]
+fn firmware_bars_lie_inside_their_bridges_windows() {
+    let (p, _space) = build_at(TWO_HOST_BRIDGES, 0xc000_0000);
+    let inside = |a: u64, len: u64, (b, s): (u64, u64)| a >= b && a + len <= b + s;
+    let mut slices: Vec<(u64, u64)> = p.host_bridges.iter().map(|h| h.mmio).collect();
+    slices.sort();
+    for w in slices.windows(2) {
+        assert!(
+            w[0].0 + w[0].1 <= w[1].0,
+            "host bridge slices overlap: {slices:x?}"
+        );
+    }
+    for (hb, ports) in p.root_ports.iter().enumerate() {
+        let slice = p.host_bridges[hb].mmio;
+        assert!(
+            inside(slice.0, slice.1, p.aperture),
+            "{slice:x?} outside the aperture"
+        );
+        for rp in ports {
+            let bar = rp.bar_address(0).unwrap();
+            assert!(inside(bar, 0x1_0000, slice), "{}: BAR0 {bar:#x}", rp.name());
+            let window = rp.memory_window().expect("firmware opened the window");
+            assert!(
+                inside(window.0, window.1, slice),
+                "{}: {window:x?}",
+                rp.name()
+            );
+            assert!(
+                !inside(bar, 0x1_0000, window),
+                "{}: own BAR inside its window",
+                rp.name()
+            );
+            for (_, child) in rp.children() {
+                let ep = p
+                    .endpoints
+                    .iter()
+                    .find(|e| std::ptr::addr_eq(Arc::as_ptr(e), Arc::as_ptr(&child)))
+                    .expect("an endpoint");
+                for (i, len) in [(0, 0x1_0000), (2, 0x1000)] {
+                    let a = ep.bar_address(i).unwrap();
+                    assert!(
+                        inside(a, len, window),
+                        "{} BAR{i} {a:#x} not in {window:x?}",
+                        ep.name()
+                    );
+                }
+            }
+        }
+    }
+    // lspci, the independent decoder, reads the same windows back from the config space.
+    let dump = cxlvm_pci::lspci_dump(&p.segment);
+    let path = std::env::temp_dir().join(format!("cxlvm-lspci-win-{}.txt", std::process::id()));
+    std::fs::write(&path, &dump).unwrap();
+    let out = Command::new("lspci")
+        .arg("-F")
+        .arg(&path)
+        .arg("-vv")
+        .output()
+        .expect("lspci (pciutils) is installed by test.sh");
+    std::fs::remove_file(&path).ok();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let behind = text
+        .lines()
+        .filter(|l| l.contains("Memory behind bridge:") && l.contains("[size=1M]"))
+        .count();
+    assert_eq!(behind, 3, "{text}");
+}
+
 #[test]
 fn random_register_traffic_never_panics() {
     let topo = r#"
@@ -392,4 +501,25 @@ fn recommitting_an_interleaved_region_reuses_its_stitched_mapping() {
         Arc::ptr_eq(&first, &again),
         "the stitched mapping was reused, not rebuilt"
     );
+}
+
+#[test]
+fn aperture_shares_are_mib_aligned_and_fit_their_root_ports() {
+    let s = cxlvm_platform::host_bridge_apertures(0xc000_0000, 256 << 20, &[2, 8, 1]).unwrap();
+    assert_eq!(
+        s,
+        vec![
+            (0xc000_0000, 85 << 20),
+            (0xc000_0000 + (85 << 20), 85 << 20),
+            (0xc000_0000 + (170 << 20), 85 << 20)
+        ]
+    );
+    // A base off the MiB grid starts at the next MiB.
+    let s = cxlvm_platform::host_bridge_apertures(0xc000_1000, 4 << 20, &[2]).unwrap();
+    assert_eq!(s, vec![(0xc010_0000, 3 << 20)]);
+    // 16 MiB for two host bridges of 8 root ports: 8 MiB each, 9 needed.
+    assert!(matches!(
+        cxlvm_platform::host_bridge_apertures(0xc000_0000, 16 << 20, &[8, 8]),
+        Err(cxlvm_platform::PlatformError::ApertureFull { aperture_mib: 16 })
+    ));
 }

@@ -3,7 +3,7 @@
 use cxlvm_acpi::{
     AcpiTables, Arithmetic, BusRange, Cpu, Ecam, FixedWindow, Granularity, HostBridge,
     InterruptOverride, IoApic, Layout, MemRange, Platform, PowerRegisters, Restrictions,
-    SerialPort, Ways, split_aperture,
+    SerialPort, Ways,
 };
 use cxlvm_platform::CxlPlatform;
 
@@ -23,22 +23,17 @@ pub(crate) fn platform(
     let (ecam, host_bridges, windows) = match cxl {
         None => (None, Vec::new(), Vec::new()),
         Some(c) => {
-            let slices = split_aperture(
-                MemRange::new(c.aperture.0, c.aperture.1),
-                c.host_bridges.len().max(1),
-            )?;
             let hbs = c
                 .host_bridges
                 .iter()
-                .zip(slices)
-                .map(|(h, mmio)| HostBridge {
+                .map(|h| HostBridge {
                     uid: h.uid,
                     buses: BusRange {
                         start: h.root_bus,
                         end: h.root_bus.saturating_add(BUSES_PER_HOST_BRIDGE - 1),
                     },
                     chbcr: MemRange::new(h.chbcr, cxlvm_platform::COMPONENT_SIZE),
-                    mmio: vec![mmio],
+                    mmio: vec![MemRange::new(h.mmio.0, h.mmio.1)],
                 })
                 .collect();
             let wins = c

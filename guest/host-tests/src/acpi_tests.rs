@@ -24,7 +24,11 @@ const W2: u64 = W1 + (256 << 20);
 /// 2 vCPUs, 256 MiB of RAM, host bridges with UIDs 0 and 7, a 2-way modulo window over both,
 /// a 1-way window on UID 7 and a 2-way XOR window over both (the ABI's maps).
 fn sample() -> build::Platform {
-    let aperture = build::split_aperture(build::MemRange::new(0x40_0000_0000, 1 << 30), 2).unwrap();
+    // Each host bridge's half of a 1 GiB aperture.
+    let aperture = [
+        build::MemRange::new(0x40_0000_0000, 512 << 20),
+        build::MemRange::new(0x40_2000_0000, 512 << 20),
+    ];
     let hb = |uid, bus: u8, chbcr: u64, mmio| build::HostBridge {
         uid,
         buses: build::BusRange {

@@ -15,8 +15,15 @@ pub fn xor_maps(k: u32, g: u32) -> Vec<u64> {
 }
 
 pub fn sample() -> Platform {
-    let apertures = split_aperture(MemRange::new(0xc000_0000, 256 << 20), 2).unwrap();
-    let high = split_aperture(MemRange::new(0x40_0000_0000, 1 << 30), 2).unwrap();
+    // Each host bridge's share of a 256 MiB aperture below 4 GiB and of a 1 GiB one above.
+    let apertures = [
+        MemRange::new(0xc000_0000, 128 << 20),
+        MemRange::new(0xc800_0000, 128 << 20),
+    ];
+    let high = [
+        MemRange::new(0x40_0000_0000, 512 << 20),
+        MemRange::new(0x40_2000_0000, 512 << 20),
+    ];
     Platform {
         cpus: vec![Cpu { apic_id: 0 }, Cpu { apic_id: 1 }],
         ram: vec![

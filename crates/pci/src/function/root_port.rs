@@ -9,7 +9,7 @@ use super::{ConfigHooks, PciBridge, PciFunction};
 use crate::PciError;
 use crate::bar::BarSpec;
 use crate::config::{ConfigSpace, PciePortType};
-use crate::regs::{SECONDARY_BUS, SUBORDINATE_BUS};
+use crate::regs::{MEMORY_BASE, MEMORY_LIMIT, SECONDARY_BUS, SUBORDINATE_BUS};
 
 /// Class code of a PCI-to-PCI bridge (what root ports report).
 pub const ROOT_PORT_CLASS: u32 = 0x06_04_00;
@@ -159,6 +159,38 @@ impl RootPort {
     /// The address programmed in BAR `index`; `None` if there is no such BAR.
     pub fn bar_address(&self, index: usize) -> Option<u64> {
         self.core.bar_address(index)
+    }
+
+    /// Firmware-style: opens the (32-bit, non-prefetchable) memory window at `base` for `size`
+    /// bytes, both multiples of 1 MiB and below 4 GiB.
+    pub fn set_memory_window(&self, base: u64, size: u64) -> Result<(), PciError> {
+        const MIB: u64 = 1 << 20;
+        let end = base.checked_add(size).filter(|&e| {
+            size > 0 && base.is_multiple_of(MIB) && size.is_multiple_of(MIB) && e <= 1 << 32
+        });
+        let Some(end) = end else {
+            return Err(PciError::BadBridgeWindow {
+                name: self.name().to_owned(),
+                base,
+                size,
+            });
+        };
+        // Bits 15:4 of each register are address bits 31:20.
+        let base_reg = ((base >> 16) & 0xfff0) as u16;
+        let limit_reg = (((end - 1) >> 16) & 0xfff0) as u16;
+        self.with_config(|c| {
+            c.set_u16(MEMORY_BASE, base_reg);
+            c.set_u16(MEMORY_LIMIT, limit_reg);
+        });
+        Ok(())
+    }
+
+    /// The memory window programmed now, (base, size), if open.
+    pub fn memory_window(&self) -> Option<(u64, u64)> {
+        let (b, l) = self.with_config(|c| (c.u16(MEMORY_BASE), c.u16(MEMORY_LIMIT)));
+        let base = u64::from(b & 0xfff0) << 16;
+        let end = (u64::from(l & 0xfff0) << 16) + (1 << 20);
+        (base < end).then_some((base, end - base))
     }
 
     /// Where BAR `index`'s region is placed now, if anywhere.
