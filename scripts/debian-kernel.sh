@@ -44,13 +44,8 @@
 set -euo pipefail
 
 me=debian-kernel.sh
-die() {
-    echo "$me: $*" >&2
-    exit 2
-}
-say() { echo "$me: $*" >&2; }
-# Progress messages only on a terminal (or with CXLVM_KERNEL_VERBOSE=1): a failure is one line.
-progress() { if [[ -t 2 || ${CXLVM_KERNEL_VERBOSE:-0} == 1 ]]; then say "$@"; fi; }
+# shellcheck source=lib/kernel-common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/kernel-common.sh"
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 kdir=$(realpath -m "${CXLVM_KERNEL_DIR:-$root/target/linux}")
@@ -58,56 +53,11 @@ pin=${CXLVM_DEBIAN_KERNEL_VERSION:-}
 refresh=${CXLVM_KERNEL_REFRESH:-0}
 mirror=${CXLVM_DEBIAN_MIRROR:-http://deb.debian.org}
 mirror=${mirror%/}
-keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 # Debian's binary package names for the amd64 flavour of 6.12 (not cloud, not rt, not -dbg).
 pkg_re='^linux-image-6\.12\.[0-9]+\+deb[0-9.]+-amd64-unsigned$'
 t0=$(date +%s.%N)
 
-# --- checks on a vmlinux -----------------------------------------------------------------------
-
-# Prints the PVH entry (XEN_ELFNOTE_PHYS32_ENTRY, owner Xen, type 0x12) as 0x%08x, provided the
-# note lies in a PT_NOTE segment; fails otherwise.
-pvh_entry() {
-    local f=$1 notes bytes hex b seg
-    notes=$(readelf -nW "$f" 2>/dev/null) || return 1
-    # readelf reads notes from sections when there are any: find which section held the note,
-    # then make sure that section is mapped by a PT_NOTE segment (what PVH loaders read).
-    read -r seg bytes < <(awk '
-        /^Displaying notes found in: / { sec = $NF; next }
-        /^Displaying notes found at / { sec = "segment"; next }
-        # The description is on the note'"'"'s line (-W) or the next one.
-        function desc() { d = $0; sub(/.*description data: */, "", d); print (sec == "" ? "segment" : sec), d; exit }
-        want && /description data:/ { desc() }
-        { want = 0 }
-        $1 == "Xen" && /\(0x00000012\)/ { if (/description data:/) desc(); want = 1 }' <<<"$notes") || return 1
-    [[ -n ${bytes:-} ]] || return 1
-    if [[ $seg != "segment" ]]; then
-        readelf -lW "$f" 2>/dev/null | awk -v sec="$seg" '
-            /^Program Headers:/ { ph = 1; n = 0; next }
-            ph && /^ +[A-Z_]+ +0x/ { type[n++] = $1; next }
-            ph && /^$/ { ph = 0 }
-            /^ +[0-9]+ +/ && ($1 + 0) in type && type[$1 + 0] == "NOTE" {
-                for (i = 2; i <= NF; i++) if ($i == sec) found = 1
-            }
-            END { exit !found }' || return 1
-    fi
-    hex=
-    for b in $bytes; do hex=$b$hex; done # little-endian
-    [[ $hex =~ ^[0-9a-f]+$ ]] || return 1
-    ((16#$hex > 0 && 16#$hex < 16#100000000)) || return 1
-    printf '0x%08x\n' $((16#$hex))
-}
-
-# An x86-64 ELF executable (ELF64, EM_X86_64, ET_EXEC).
-is_x86_64_elf() {
-    local h
-    [[ $(head -c 4 "$1" | od -An -tx1 | tr -d ' \n') == 7f454c46 ]] || return 1
-    h=$(readelf -hW "$1" 2>/dev/null) || return 1
-    grep -q 'Class: *ELF64' <<<"$h" && grep -q 'Machine: *Advanced Micro Devices X86-64' <<<"$h" &&
-        grep -q 'Type: *EXEC' <<<"$h"
-}
-
-field() { sed -n "s/^$1=//p" "$2" 2>/dev/null | head -n1; }
+# --- the cache ---------------------------------------------------------------------------------
 
 # A cache entry is valid when its VERSION is complete and the vmlinux still matches it.
 valid_dir() {
@@ -159,19 +109,7 @@ need=()
 command -v zstd >/dev/null || need+=(zstd)
 command -v readelf >/dev/null || need+=(binutils)
 command -v flock >/dev/null || need+=(util-linux)
-if ((${#need[@]})); then
-    if [[ $(id -u) == 0 ]]; then
-        sudo=()
-    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-        sudo=(sudo)
-    else
-        die "needs the Debian packages ${need[*]}: run 'sudo apt-get install ${need[*]}' or run as root"
-    fi
-    progress "installing ${need[*]} (apt-get)"
-    export DEBIAN_FRONTEND=noninteractive
-    { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq "${need[@]}"; } >/dev/null 2>&1 ||
-        die "could not install ${need[*]} with apt-get"
-fi
+need_packages "${need[@]}"
 
 # --- fast path: already cached -----------------------------------------------------------------
 
@@ -194,25 +132,7 @@ log=$kdir/apt.log
 
 # --- private apt configuration -----------------------------------------------------------------
 
-apt_dir=$kdir/apt
-mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/sources.list.d"
-[[ -r $keyring ]] || die "$keyring is missing (install debian-archive-keyring)"
-cat >"$apt_dir/sources.list" <<EOF
-deb [signed-by=$keyring] $mirror/debian-security bookworm-security main
-deb [signed-by=$keyring] $mirror/debian bookworm-backports main
-EOF
-apt_opts=(
-    -o "Dir::Etc::SourceList=$apt_dir/sources.list"
-    -o "Dir::Etc::SourceParts=$apt_dir/sources.list.d"
-    -o "Dir::State::Lists=$apt_dir/lists"
-    -o "Dir::Cache=$apt_dir/cache"
-    -o "Dir::Cache::pkgcache="
-    -o "Dir::Cache::srcpkgcache="
-    -o "APT::Sandbox::User=root"
-    -o "Acquire::Retries=2"
-    -o "Acquire::http::Timeout=30"
-    -o "Acquire::Languages=none"
-)
+debian_apt_setup "$kdir/apt"
 
 progress "fetching package lists (bookworm-security, bookworm-backports) from $mirror"
 apt-get "${apt_opts[@]}" --error-on=any update >>"$log" 2>&1 ||
