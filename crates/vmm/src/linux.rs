@@ -93,16 +93,32 @@ pub(crate) fn memory_map(ram: &[(u64, u64, u64)], ecam: Option<(u64, u64)>) -> V
 /// (constant and non-stop), so cxlvm states its frequency (`tsc_early_khz`) and that it is
 /// reliable, unless the user's command line already says otherwise.
 pub(crate) fn kernel_cmdline(user: &str, hypervisor_bit: bool, tsc_khz: Option<u32>) -> String {
-    let mut cmdline = user.to_owned();
+    // Everything after a lone `--` goes to init, not the kernel: cxlvm's additions go before it
+    // (the user's text is kept byte for byte otherwise).
+    let at = user
+        .match_indices("--")
+        .map(|(i, _)| i)
+        .find(|&i| {
+            let before = user[..i].chars().next_back();
+            let after = user[i + 2..].chars().next();
+            before.is_none_or(char::is_whitespace) && after.is_none_or(char::is_whitespace)
+        })
+        .unwrap_or(user.len());
+    let (kernel, init) = user.split_at(at);
+    let mut cmdline = kernel.trim_end().to_owned();
     if let (false, Some(khz)) = (hypervisor_bit, tsc_khz) {
-        if !user.contains("tsc_early_khz=") {
+        if !kernel.contains("tsc_early_khz=") {
             cmdline.push_str(&format!(" tsc_early_khz={khz}"));
         }
-        if !user.split_whitespace().any(|w| w.starts_with("tsc=")) {
+        if !kernel.split_whitespace().any(|w| w.starts_with("tsc=")) {
             cmdline.push_str(" tsc=reliable");
         }
     }
-    cmdline.trim_start().to_owned()
+    if !init.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(init);
+    }
+    cmdline.trim().to_owned()
 }
 
 /// Builds a machine booting `k` as `cfg` describes; input errors come before any KVM work.
@@ -293,6 +309,15 @@ mod tests {
             "console=ttyS0"
         );
         assert_eq!(kernel_cmdline("", false, None), "");
+        // Arguments after `--` belong to init: cxlvm's go before them.
+        assert_eq!(
+            kernel_cmdline("console=ttyS0 -- /init a--b", false, Some(3)),
+            "console=ttyS0 tsc_early_khz=3 tsc=reliable -- /init a--b"
+        );
+        assert_eq!(
+            kernel_cmdline("a--b x", false, Some(3)),
+            "a--b x tsc_early_khz=3 tsc=reliable"
+        );
         assert_eq!(
             kernel_cmdline("tsc_early_khz=5 tsc=unstable", false, Some(7)),
             "tsc_early_khz=5 tsc=unstable"
