@@ -203,8 +203,7 @@ fi
 [[ -x $cxlvm ]] || die "no cxlvm binary at '$cxlvm'"
 
 # `rdinit=/bin/sh /init`: the kernel runs busybox's sh as PID 1 and hands it the unknown word
-# "/init" as its argument, so /init runs without CONFIG_BINFMT_SCRIPT (not "-- /init": cxlvm
-# appends tsc_early_khz=/tsc= to the command line, which must stay kernel parameters).
+# "/init" as its argument, so /init runs even on a kernel without CONFIG_BINFMT_SCRIPT.
 cmdline="console=ttyS0 earlyprintk=serial,ttyS0,115200 rdinit=/bin/sh /init loglevel=5 memhp_default_state=online panic=-1"
 if [[ $pvm == 1 ]]; then
     say "this host's KVM is kvm_pvm: guest ring 0 runs through KVM's instruction emulator and a"
