@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// The cmdline the research note found necessary under kvm_pvm (FPU setup dies without it).
 /// `nowatchdog`: ring 0 runs at ~1 M instructions/s under this host's emulator, which the soft
 /// lockup detector would report as a stuck CPU.
@@ -146,19 +148,14 @@ fn debian_kernel_early_boot_sees_the_platform_cxlvm_describes() {
         .expect("cxlvm runs");
     // Wait for every expected line and every line past the old stopping points, or for cxlvm
     // to end (it must not: that would be an instruction it could not complete, or a crash).
-    let deadline = Duration::from_secs(1500);
-    let wanted = || EXPECTED.iter().chain(PAST);
-    let mut ended = None;
-    let mut all_seen = false;
-    while !all_seen && started.elapsed() < deadline {
-        if let Some(s) = child.try_wait().expect("wait") {
-            ended = Some(s);
-            break;
-        }
-        let log = std::fs::read_to_string(&serial).unwrap_or_default();
-        all_seen = wanted().all(|l| log.contains(l));
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let wanted: Vec<&str> = EXPECTED.iter().chain(PAST).copied().collect();
+    let (ended, all_seen) = common::wait_for_log_lines(
+        &mut child,
+        &serial,
+        &wanted,
+        started,
+        Duration::from_secs(1500),
+    );
     eprintln!("lines seen: {all_seen} after {:?}", started.elapsed());
     if ended.is_none() {
         // cxlvm's own count of completions: the SIGUSR1 memory dump, then stop it.

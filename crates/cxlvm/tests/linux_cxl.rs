@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 clearcpuid=xsave,cx16,bmi1,bmi2,smap,fsgsbase,pcid,invpcid,rdpid,popcnt,erms,fsrm,rdseed,clflushopt,clwb,ssse3,sse4_1,sse4_2 nopcid nofsgsbase mitigations=off nowatchdog loglevel=8 dyndbg=\"file drivers/cxl/* +p; file drivers/dax/* +p\"";
 
 /// One host bridge, two root ports, two 512 MiB devices; a 2 GiB window at 4 KiB; firmware
@@ -125,18 +127,13 @@ fn linux_cxl_drivers_assemble_and_online_a_firmware_region() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("cxlvm runs");
-    let deadline = Duration::from_secs(900);
-    let mut ended = None;
-    let mut all_seen = false;
-    while !all_seen && started.elapsed() < deadline {
-        if let Some(s) = child.try_wait().expect("wait") {
-            ended = Some(s);
-            break;
-        }
-        let log = std::fs::read_to_string(&serial).unwrap_or_default();
-        all_seen = EXPECTED.iter().all(|l| log.contains(l));
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let (ended, all_seen) = common::wait_for_log_lines(
+        &mut child,
+        &serial,
+        EXPECTED,
+        started,
+        Duration::from_secs(900),
+    );
     eprintln!("all lines seen: {all_seen} after {:?}", started.elapsed());
     if ended.is_none() {
         let _ = child.kill();

@@ -20,7 +20,7 @@ use kvm_ioctls::{Kvm, VmFd};
 pub use complete::CompletionState;
 pub use kvm_ioctls::VcpuExit;
 pub use slots::{SlotInfo, SlotListener, SlotTable};
-pub use vcpu::{EntryState, ExitDetails, LinuxEntry, Vcpu, install_kick_handler, kick_signal};
+pub use vcpu::{EntryState, LinuxEntry, Vcpu, install_kick_handler, kick_signal};
 
 /// Errors of the KVM layer.
 #[derive(Debug, thiserror::Error)]

@@ -52,16 +52,6 @@ pub enum LinuxEntry {
     WaitForSipi,
 }
 
-/// Details of an exit the guest cannot continue from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExitDetails {
-    /// Instruction pointer.
-    pub rip: u64,
-    /// Extra KVM data (suberror and data words for internal errors, hardware reason for
-    /// failed entries).
-    pub data: Vec<u64>,
-}
-
 thread_local! {
     static KICK_TARGET: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
 }
@@ -303,22 +293,6 @@ impl Vcpu {
         let mut data = vec![u64::from(internal.suberror)];
         data.extend_from_slice(&internal.data[..n]);
         data
-    }
-
-    /// Suberror and data of the last `KVM_EXIT_INTERNAL_ERROR`.
-    pub fn internal_error(&mut self) -> ExitDetails {
-        let run = self.fd.get_kvm_run();
-        // SAFETY: reading the `internal` member of the exit union is valid after KVM_RUN returned
-        // KVM_EXIT_INTERNAL_ERROR, which is the only case this is called for; all bit patterns
-        // of the plain integer fields are valid.
-        let internal = unsafe { run.__bindgen_anon_1.internal };
-        let n = (internal.ndata as usize).min(internal.data.len());
-        let mut data = vec![u64::from(internal.suberror)];
-        data.extend_from_slice(&internal.data[..n]);
-        ExitDetails {
-            rip: self.rip(),
-            data,
-        }
     }
 }
 

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output};
+use std::time::{Duration, Instant};
 
 /// The `cxlvm` binary under test.
 pub fn bin() -> Command {
@@ -55,4 +56,27 @@ pub fn user_error(o: &Output, needles: &[&str]) {
         "no guest may run: {}",
         String::from_utf8_lossy(&o.stdout)
     );
+}
+
+/// Polls `serial` (a kernel log being written by `child`) until every line of `wanted` is in it,
+/// `child` ends, or `deadline` passes since `started`. Returns how `child` ended, if it did
+/// (then it was not waited for all lines), and whether every line was seen.
+pub fn wait_for_log_lines(
+    child: &mut Child,
+    serial: &Path,
+    wanted: &[&str],
+    started: Instant,
+    deadline: Duration,
+) -> (Option<ExitStatus>, bool) {
+    while started.elapsed() < deadline {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return (Some(s), false);
+        }
+        let log = std::fs::read_to_string(serial).unwrap_or_default();
+        if wanted.iter().all(|l| log.contains(l)) {
+            return (None, true);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    (None, false)
 }
