@@ -4,6 +4,7 @@
 //! Scope (\_SB) {
 //!     Device (HBxx) {            // per CXL host bridge, xx = its index in hex
 //!         _HID "ACPI0016", _CID {PNP0A08, PNP0A03}, _UID <CHBS UID>, _SEG, _BBN <root bus>
+//!         _PXM 0                 // the vCPUs' and boot RAM's proximity domain (SRAT)
 //!         _CRS { WordBusNumber <buses>, DWord/QWordMemory <each MMIO range> }
 //!         Method (_OSC, 4, Serialized) { ... }   // PCIe and CXL UUIDs
 //!     }
@@ -27,7 +28,7 @@ use acpi_tables::aml::{
 };
 
 use crate::platform::{HostBridge, MemRange, Platform, S5_SLEEP_TYPE, SerialPort};
-use crate::tables::sdt;
+use crate::tables::{HOST_DOMAIN, sdt};
 
 /// `_OSC` UUID of PCI host bridges (PCI Firmware Specification).
 pub const PCIE_OSC_UUID: &str = "33DB4D5B-1FF7-401C-9657-7441C03DD766";
@@ -245,6 +246,9 @@ fn host_bridge(index: usize, h: &HostBridge, osc: &Raw) -> Vec<u8> {
     let uid = Name::new("_UID".into(), &h.uid);
     let seg = Name::new("_SEG".into(), &ZERO);
     let bbn = Name::new("_BBN".into(), &h.buses.start);
+    // Without _PXM Linux gives the bridge's PCI buses no NUMA node ("Unknown NUMA node;
+    // performance will be reduced").
+    let pxm = Name::new("_PXM".into(), &HOST_DOMAIN);
     let buses =
         AddressSpace::<u16>::new_bus_number(u16::from(h.buses.start), u16::from(h.buses.end));
     let windows: Vec<Raw> = h.mmio.iter().map(|r| Raw(memory_window(r))).collect();
@@ -253,7 +257,7 @@ fn host_bridge(index: usize, h: &HostBridge, osc: &Raw) -> Vec<u8> {
     let crs = Name::new("_CRS".into(), &ResourceTemplate::new(res));
     bytes(&Device::new(
         host_bridge_name(index).as_str().into(),
-        vec![&hid, &cid, &uid, &seg, &bbn, &crs, osc],
+        vec![&hid, &cid, &uid, &seg, &bbn, &pxm, &crs, osc],
     ))
 }
 

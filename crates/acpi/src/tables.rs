@@ -246,12 +246,14 @@ pub(crate) fn mcfg(p: &Platform) -> Vec<u8> {
     sdt(*b"MCFG", 1, &b)
 }
 
+/// The proximity domain of the vCPUs, boot RAM and host bridges: the platform is one socket.
+pub const HOST_DOMAIN: u32 = 0;
+
 /// SRAT revision 3: every vCPU (APIC or x2APIC affinity) and every boot RAM range (memory
 /// affinity, enabled) in proximity domain 0. Nothing for the fixed memory windows: Linux
 /// gives each CFMWS that no SRAT range covers a NUMA node of its own.
 pub(crate) fn srat(p: &Platform) -> Vec<u8> {
     const ENABLED: u32 = 1;
-    const DOMAIN: u32 = 0;
     let mut b = Vec::new();
     b.u32(1); // reserved, 1 for backward compatibility
     b.u64(0);
@@ -260,7 +262,7 @@ pub(crate) fn srat(p: &Platform) -> Vec<u8> {
             Ok(id) if id < 0xff => {
                 b.u8(0); // Processor Local APIC/SAPIC Affinity
                 b.u8(16);
-                b.u8(DOMAIN as u8); // proximity domain [7:0]
+                b.u8(HOST_DOMAIN as u8); // proximity domain [7:0]
                 b.u8(id);
                 b.u32(ENABLED);
                 b.u8(0); // local SAPIC EID
@@ -271,7 +273,7 @@ pub(crate) fn srat(p: &Platform) -> Vec<u8> {
                 b.u8(2); // Processor Local x2APIC Affinity
                 b.u8(24);
                 b.u16(0);
-                b.u32(DOMAIN);
+                b.u32(HOST_DOMAIN);
                 b.u32(c.apic_id);
                 b.u32(ENABLED);
                 b.u32(0); // clock domain
@@ -282,7 +284,7 @@ pub(crate) fn srat(p: &Platform) -> Vec<u8> {
     for r in &p.ram {
         b.u8(1); // Memory Affinity
         b.u8(40);
-        b.u32(DOMAIN);
+        b.u32(HOST_DOMAIN);
         b.u16(0);
         b.u64(r.base);
         b.u64(r.size);

@@ -6,7 +6,7 @@
 //!   checksum and the creator fields it writes itself), recompiles the DSDT with no error,
 //!   warning or remark, and builds the RSDP from a source written here;
 //! - `acpiexec` loads the DSDT and evaluates every host bridge's `_HID`, `_CID`, `_UID`, `_SEG`,
-//!   `_BBN`, `_CRS` and `_OSC` (CXL, PCIe and an unknown UUID, and the error cases), the CXL
+//!   `_BBN`, `_PXM`, `_CRS` and `_OSC` (CXL, PCIe and an unknown UUID, and the error cases), the CXL
 //!   root, COM1, the motherboard resources and `\_S5`.
 //!
 //! A missing tool fails the test with what to install (Debian: acpica-tools; `./test.sh`
@@ -505,7 +505,7 @@ fn acpiexec_evaluates_the_host_bridges() {
     let mut cmds = Vec::new();
     for i in 0..p.host_bridges.len() {
         let d = format!("\\_SB.{}", host_bridge_name(i));
-        for m in ["_HID", "_CID", "_UID", "_SEG", "_BBN", "_CRS"] {
+        for m in ["_HID", "_CID", "_UID", "_SEG", "_BBN", "_PXM", "_CRS"] {
             cmds.push(format!("evaluate {d}.{m}"));
         }
         cmds.push(format!("evaluate {d}._OSC {cxl} 1 5 {cxl_query}"));
@@ -556,6 +556,11 @@ fn acpiexec_evaluates_the_host_bridges() {
         assert_eq!(
             *next(&format!("{d}._BBN")),
             Value::Int(u64::from(h.buses.start))
+        );
+        assert_eq!(
+            *next(&format!("{d}._PXM")),
+            Value::Int(u64::from(cxlvm_acpi::HOST_DOMAIN)),
+            "host bridges are in the vCPUs' proximity domain"
         );
         let Value::Buf(crs) = next(&format!("{d}._CRS")) else {
             panic!("_CRS is not a buffer")

@@ -22,6 +22,7 @@
 //! | 0x4102 | Get LSA (only with an LSA) | 8 bytes | `length` bytes |
 //! | 0x4103 | Set LSA (only with an LSA) | 8 + data bytes | none |
 //! | 0x4200 | Get Health Info | none | 0x12 bytes |
+//! | 0x4500 | Get Security State (only with persistent capacity) | none | 4 bytes: 0 |
 //!
 //! Every value in an input payload is guest controlled: lengths and offsets are checked with
 //! checked arithmetic before anything is indexed, and the label storage area is only reached
@@ -71,6 +72,8 @@ pub mod opcode {
     pub const SET_LSA: u16 = 0x4103;
     /// Get Health Info (Health Info and Alerts command set 0x42).
     pub const GET_HEALTH_INFO: u16 = 0x4200;
+    /// Get Security State (Persistent Memory Data-at-rest Security command set 0x45).
+    pub const GET_SECURITY_STATE: u16 = 0x4500;
 }
 
 /// Command Effects Log entry effect bits (CXL r3.x, Command Effects Log entry "Command Effect").
@@ -304,6 +307,9 @@ impl Mailbox {
             ));
         }
         cmds.push((opcode::GET_HEALTH_INFO, 0));
+        if self.params.persistent_bytes > 0 {
+            cmds.push((opcode::GET_SECURITY_STATE, 0));
+        }
         cmds
     }
 
@@ -339,6 +345,9 @@ impl Mailbox {
             opcode::GET_LSA => self.get_lsa(input, max_output),
             opcode::SET_LSA => self.set_lsa(input),
             opcode::GET_HEALTH_INFO => expect_len(input, 0).map(|()| health_info()),
+            opcode::GET_SECURITY_STATE if self.params.persistent_bytes > 0 => {
+                expect_len(input, 0).map(|()| security_state())
+            }
             _ => Err(ReturnCode::Unsupported),
         };
         match result {
@@ -556,6 +565,14 @@ fn health_info() -> Vec<u8> {
     out
 }
 
+/// Get Security State (4 bytes): bit 0 user passphrase set, 1 master passphrase set, 2 locked,
+/// 3 frozen, 4/5 user/master passphrase attempt limit reached. cxlvm's devices have no
+/// passphrases (Set Passphrase is not implemented), so the state is always 0: unlocked, and to
+/// Linux "security disabled".
+fn security_state() -> Vec<u8> {
+    0u32.to_le_bytes().to_vec()
+}
+
 fn check_event_log(log: u8) -> Result<(), ReturnCode> {
     if log > MAX_EVENT_LOG {
         return Err(ReturnCode::InvalidInput);
@@ -627,6 +644,33 @@ mod tests {
         assert_eq!(ops.len(), 12);
         let lsa = RamBacking::memfd("lsa", 4096).unwrap();
         assert_eq!(mailbox(Some(lsa)).cel().len(), 14 * 4);
+    }
+
+    #[test]
+    fn security_state_is_offered_with_persistent_capacity_only() {
+        let ops = |mb: &Mailbox| -> Vec<u16> {
+            mb.cel()
+                .chunks_exact(4)
+                .map(|e| u16::from_le_bytes([e[0], e[1]]))
+                .collect()
+        };
+        let mut volatile = mailbox(None);
+        assert!(!ops(&volatile).contains(&opcode::GET_SECURITY_STATE));
+        let (rc, _) = volatile.execute(opcode::GET_SECURITY_STATE, &[], 2048);
+        assert_eq!(rc, ReturnCode::Unsupported);
+        let mut persistent = Mailbox::new(MemdevParams {
+            volatile_bytes: 0,
+            persistent_bytes: 256 << 20,
+            lsa: Some(RamBacking::memfd("lsa", 4096).unwrap()),
+            fw_revision: "cxlvm 0.1".into(),
+            serial: 8,
+        });
+        assert!(ops(&persistent).contains(&opcode::GET_SECURITY_STATE));
+        let (rc, out) = persistent.execute(opcode::GET_SECURITY_STATE, &[], 2048);
+        assert_eq!(rc, ReturnCode::Success);
+        assert_eq!(out, [0, 0, 0, 0], "no passphrase, unlocked, not frozen");
+        let (rc, _) = persistent.execute(opcode::GET_SECURITY_STATE, &[1], 2048);
+        assert_eq!(rc, ReturnCode::InvalidPayloadLength);
     }
 
     #[test]

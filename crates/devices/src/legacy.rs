@@ -30,10 +30,27 @@ impl vm_superio::Trigger for SerialIrq {
     }
 }
 
+/// Line status register offset, and its break-interrupt bit.
+const LSR: u8 = 5;
+const LSR_BREAK: u8 = 0x10;
+
+type Uart = vm_superio::Serial<SerialIrq, vm_superio::serial::NoEvents, Box<dyn Write + Send>>;
+
 /// A 16550 UART (vm-superio) whose output goes to a writer (stdout, a file, a test buffer).
-pub struct Serial(
-    Mutex<vm_superio::Serial<SerialIrq, vm_superio::serial::NoEvents, Box<dyn Write + Send>>>,
-);
+///
+/// On top of vm-superio, which has no line conditions, it can receive a *break*, as a 16550
+/// does: a NUL character enters the receive FIFO and the next line-status read reports the
+/// break-interrupt bit (reading LSR clears it). Linux's 8250 driver takes a break on its console
+/// followed by a key as a magic SysRq request.
+pub struct Serial(Mutex<UartState>);
+
+struct UartState {
+    uart: Uart,
+    /// A break was received and no LSR read has reported it yet.
+    break_unreported: bool,
+    /// FIFO room when empty.
+    fifo_size: usize,
+}
 
 impl Serial {
     /// A UART writing to `out`, without an interrupt line (test guests poll).
@@ -43,20 +60,51 @@ impl Serial {
 
     /// A UART writing to `out` that raises `irq` as a 16550 does.
     pub fn with_irq(out: Box<dyn Write + Send>, irq: SerialIrq) -> Self {
-        Self(Mutex::new(vm_superio::Serial::new(irq, out)))
+        let uart = vm_superio::Serial::new(irq, out);
+        let fifo_size = uart.fifo_capacity();
+        Self(Mutex::new(UartState {
+            uart,
+            break_unreported: false,
+            fifo_size,
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, UartState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues console input for the guest (as if typed); bytes beyond the FIFO are dropped, so
     /// callers feed it in small pieces. Returns how many were queued.
     pub fn input(&self, bytes: &[u8]) -> usize {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let room = s.fifo_capacity();
+        let mut s = self.state();
+        let room = s.uart.fifo_capacity();
         let n = bytes.len().min(room);
-        match s.enqueue_raw_bytes(&bytes[..n]) {
+        match s.uart.enqueue_raw_bytes(&bytes[..n]) {
             Ok(q) => q,
             Err(e) => {
                 tracing::debug!("serial input dropped: {e:?}");
                 0
+            }
+        }
+    }
+
+    /// Receives a break: a NUL character whose line status reports the break, raising the
+    /// received-data interrupt. Only once the guest has drained the receive FIFO (so the break
+    /// character is at its head); returns whether the break was received.
+    pub fn input_break(&self) -> bool {
+        let mut s = self.state();
+        if s.uart.fifo_capacity() != s.fifo_size || s.break_unreported {
+            return false;
+        }
+        match s.uart.enqueue_raw_bytes(&[0]) {
+            Ok(1) => {
+                s.break_unreported = true;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::debug!("serial break dropped: {e:?}");
+                false
             }
         }
     }
@@ -65,7 +113,15 @@ impl Serial {
 impl PioDevice for Serial {
     fn read(&self, offset: u16, data: &mut [u8]) {
         let v = match u8::try_from(offset) {
-            Ok(o) => self.0.lock().unwrap_or_else(|e| e.into_inner()).read(o),
+            Ok(o) => {
+                let mut s = self.state();
+                let mut v = s.uart.read(o);
+                if o == LSR && s.break_unreported {
+                    s.break_unreported = false;
+                    v |= LSR_BREAK;
+                }
+                v
+            }
             Err(_) => 0xff,
         };
         data.fill(0);
@@ -76,11 +132,61 @@ impl PioDevice for Serial {
 
     fn write(&self, offset: u16, data: &[u8]) {
         if let (Ok(o), Some(&v)) = (u8::try_from(offset), data.first()) {
-            let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = s.write(o, v) {
+            if let Err(e) = self.state().uart.write(o, v) {
                 tracing::warn!("serial output failed: {e:?}");
             }
         }
+    }
+}
+
+/// What a console keystroke stream asks of the UART, once cxlvm's escape is interpreted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsoleInput {
+    /// Characters for the guest.
+    Bytes(Vec<u8>),
+    /// A line break condition (`Ctrl-A b`): with Linux's serial console, the next key is a
+    /// magic SysRq command.
+    Break,
+}
+
+/// Interprets cxlvm's console escape, `Ctrl-A` (0x01), in keystrokes from the user: `Ctrl-A b`
+/// sends a break, `Ctrl-A Ctrl-A` one `Ctrl-A`; after any other key both bytes go through. The
+/// escape may be split across reads.
+#[derive(Debug, Default)]
+pub struct ConsoleKeys {
+    escaped: bool,
+}
+
+impl ConsoleKeys {
+    /// The escape character, `Ctrl-A`.
+    pub const ESCAPE: u8 = 0x01;
+
+    /// Turns the next keystrokes into guest input, in order.
+    pub fn feed(&mut self, keys: &[u8]) -> Vec<ConsoleInput> {
+        let mut out = Vec::new();
+        let mut bytes = Vec::new();
+        for &k in keys {
+            if std::mem::take(&mut self.escaped) {
+                match k {
+                    b'b' => {
+                        if !bytes.is_empty() {
+                            out.push(ConsoleInput::Bytes(std::mem::take(&mut bytes)));
+                        }
+                        out.push(ConsoleInput::Break);
+                    }
+                    Self::ESCAPE => bytes.push(Self::ESCAPE),
+                    other => bytes.extend_from_slice(&[Self::ESCAPE, other]),
+                }
+            } else if k == Self::ESCAPE {
+                self.escaped = true;
+            } else {
+                bytes.push(k);
+            }
+        }
+        if !bytes.is_empty() {
+            out.push(ConsoleInput::Bytes(bytes));
+        }
+        out
     }
 }
 
@@ -205,6 +311,55 @@ mod tests {
         let big = [b'x'; 1000];
         let q = s.input(&big);
         assert!(q > 0 && q < big.len(), "{q}");
+    }
+
+    #[test]
+    fn a_break_is_a_nul_whose_line_status_reports_the_break_once() {
+        let irq = vmm_sys_util::eventfd::EventFd::new(libc_nonblock()).unwrap();
+        let s = Serial::with_irq(
+            Box::new(std::io::sink()),
+            SerialIrq::EventFd(irq.try_clone().unwrap()),
+        );
+        s.write(1, &[1]);
+        assert!(s.input_break());
+        assert_eq!(irq.read().unwrap(), 1, "the break raises the interrupt");
+        assert!(
+            !s.input_break(),
+            "a second break waits for the first to be read"
+        );
+        let lsr = |s: &Serial| {
+            let mut v = [0u8; 1];
+            PioDevice::read(s, 5, &mut v);
+            v[0]
+        };
+        assert_eq!(lsr(&s) & 0x11, 0x11, "data ready and break");
+        assert_eq!(lsr(&s) & 0x11, 0x01, "reading LSR cleared the break bit");
+        let mut c = [0xffu8; 1];
+        PioDevice::read(&s, 0, &mut c);
+        assert_eq!(c[0], 0, "the break character is NUL");
+        assert_eq!(lsr(&s) & 0x11, 0, "FIFO empty, no break");
+        // Not while earlier input is still in the FIFO: the break would not be at its head.
+        assert_eq!(s.input(b"m"), 1);
+        assert!(!s.input_break());
+        PioDevice::read(&s, 0, &mut c);
+        assert_eq!(c[0], b'm');
+        assert!(s.input_break());
+    }
+
+    #[test]
+    fn console_escape_sends_breaks_and_passes_everything_else() {
+        use ConsoleInput::{Break, Bytes};
+        let mut k = ConsoleKeys::default();
+        assert_eq!(
+            k.feed(b"ab\x01bm"),
+            vec![Bytes(b"ab".to_vec()), Break, Bytes(b"m".to_vec())]
+        );
+        assert_eq!(k.feed(b"\x01\x01x"), vec![Bytes(b"\x01x".to_vec())]);
+        assert_eq!(k.feed(b"\x01q"), vec![Bytes(b"\x01q".to_vec())]);
+        // Split across reads.
+        assert_eq!(k.feed(b"z\x01"), vec![Bytes(b"z".to_vec())]);
+        assert_eq!(k.feed(b"b"), vec![Break]);
+        assert_eq!(k.feed(b""), vec![]);
     }
 
     fn libc_nonblock() -> i32 {

@@ -343,9 +343,13 @@ fn vcpu_loop(mut vcpu: Vcpu, ctx: VcpuCtx) {
 const CONSOLE_THREAD: &str = "console-in";
 
 /// Feeds cxlvm's stdin to the guest's UART until end of file, waiting for room in its FIFO.
+/// `Ctrl-A b` sends a break (for Linux's magic SysRq), `Ctrl-A Ctrl-A` a `Ctrl-A`.
 fn console_input(serial: &cxlvm_devices::Serial) {
+    use cxlvm_devices::{ConsoleInput, ConsoleKeys};
     use std::io::Read;
+    let wait = || std::thread::sleep(Duration::from_millis(5));
     let mut stdin = std::io::stdin().lock();
+    let mut keys = ConsoleKeys::default();
     let mut buf = [0u8; 64];
     loop {
         let n = match stdin.read(&mut buf) {
@@ -357,12 +361,24 @@ fn console_input(serial: &cxlvm_devices::Serial) {
                 return;
             }
         };
-        let mut rest = &buf[..n];
-        while !rest.is_empty() {
-            let q = serial.input(rest);
-            rest = &rest[q..];
-            if q == 0 {
-                std::thread::sleep(Duration::from_millis(5));
+        for input in keys.feed(&buf[..n]) {
+            match input {
+                ConsoleInput::Bytes(bytes) => {
+                    let mut rest = bytes.as_slice();
+                    while !rest.is_empty() {
+                        let q = serial.input(rest);
+                        rest = &rest[q..];
+                        if q == 0 {
+                            wait();
+                        }
+                    }
+                }
+                ConsoleInput::Break => {
+                    while !serial.input_break() {
+                        wait();
+                    }
+                    debug!("console: break sent");
+                }
             }
         }
     }
