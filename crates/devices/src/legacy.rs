@@ -131,10 +131,10 @@ impl PioDevice for Serial {
     }
 
     fn write(&self, offset: u16, data: &[u8]) {
-        if let (Ok(o), Some(&v)) = (u8::try_from(offset), data.first()) {
-            if let Err(e) = self.state().uart.write(o, v) {
-                tracing::warn!("serial output failed: {e:?}");
-            }
+        if let (Ok(o), Some(&v)) = (u8::try_from(offset), data.first())
+            && let Err(e) = self.state().uart.write(o, v)
+        {
+            tracing::warn!("serial output failed: {e:?}");
         }
     }
 }
