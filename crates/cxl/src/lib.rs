@@ -9,7 +9,6 @@
 //! - [`mailbox`] / [`devregs`]: the Type-3 device register block and its mailbox commands.
 //! - [`graph`]: the decode graph (committed decoder state as data) and HPA routing.
 //! - [`fabric`]: the live components (registers, enables) behind one lock; republishes the graph.
-//! - [`window`]: the fixed-window MMIO dispatcher over the decode graph.
 //! - [`dvsec`]: CXL DVSECs in PCI configuration space.
 //! - [`region`]: firmware-committed regions (`[[region]]`): checks, decoder and DPA planning,
 //!   and the commit at machine build.
@@ -27,4 +26,3 @@ pub mod interleave;
 pub mod mailbox;
 pub mod region;
 pub mod topology;
-pub mod window;

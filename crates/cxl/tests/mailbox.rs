@@ -19,9 +19,10 @@ const CEL: [u8; 16] = [
 ];
 
 /// Every opcode this device implements when it has an LSA.
-const IMPLEMENTED: [u16; 14] = [
+/// The commands of a persistent device with a label area (`lsa_dev`).
+const IMPLEMENTED: [u16; 15] = [
     0x0100, 0x0101, 0x0102, 0x0103, 0x0200, 0x0300, 0x0301, 0x0400, 0x0401, 0x4000, 0x4100, 0x4102,
-    0x4103, 0x4200,
+    0x4103, 0x4200, 0x4500,
 ];
 
 fn params(volatile: u64, persistent: u64, lsa: Option<Arc<RamBacking>>) -> MemdevParams {
@@ -190,12 +191,13 @@ fn cel_lists_exactly_the_implemented_opcodes() {
 
 #[test]
 fn cel_without_lsa_drops_the_lsa_commands() {
+    // A volatile device: no label area, no persistent-memory security state.
     let mut mb = volatile_dev();
     let ops = cel_opcodes(&read_cel(&mut mb));
     let expect: Vec<u16> = IMPLEMENTED
         .iter()
         .copied()
-        .filter(|&op| op != 0x4102 && op != 0x4103)
+        .filter(|&op| op != 0x4102 && op != 0x4103 && op != 0x4500)
         .collect();
     assert_eq!(ops, expect);
     assert_eq!(u32_at(&ok(&mut mb, 0x0400, &[]), 24), 4 * 12);

@@ -16,9 +16,10 @@ use cxlvm_memory::{AddressSpace, RamBacking, RegionId};
 use tracing::{error, info, warn};
 
 use crate::planner::{self, BuildFailure, MmioReason, Piece, RangePlan};
+use crate::storage::{self, RegionStore};
+use crate::window::DeviceMemory;
 use cxlvm_cxl::fabric::DecodeListener;
 use cxlvm_cxl::graph::DecodeGraph;
-use cxlvm_cxl::window::DeviceMemory;
 
 /// Why the overlays could not follow the decoders (the VM must stop: a mapping they no longer
 /// justify may remain).
@@ -156,6 +157,20 @@ fn same(a: &RangePlan, b: &RangePlan) -> bool {
                 pieces: p2,
             },
         ) => (window, hpa, len) == (w2, h2, l2) && pieces[..] == p2[..],
+        (
+            RangePlan::Stored {
+                window,
+                hpa,
+                len,
+                layout,
+            },
+            RangePlan::Stored {
+                window: w2,
+                hpa: h2,
+                len: l2,
+                layout: y2,
+            },
+        ) => (window, hpa, len) == (w2, h2, l2) && layout == y2,
         _ => false,
     }
 }
@@ -169,6 +184,13 @@ fn describe(p: &RangePlan) -> String {
             devs.dedup();
             format!("interleaved over devices {devs:?}, {} pieces", pieces.len())
         }
+        RangePlan::Stored { layout, .. } => {
+            let devs: Vec<usize> = layout.extents().map(|(d, _, _)| d).collect();
+            format!(
+                "interleaved over devices {devs:?} at {} B, one region store",
+                layout.min_run()
+            )
+        }
         RangePlan::MmioOnly { reason, .. } => reason.to_string(),
     }
 }
@@ -179,6 +201,9 @@ fn key(p: &RangePlan) -> (usize, u64, u64) {
             window, hpa, len, ..
         }
         | RangePlan::Interleaved {
+            window, hpa, len, ..
+        }
+        | RangePlan::Stored {
             window, hpa, len, ..
         }
         | RangePlan::MmioOnly {
@@ -388,7 +413,19 @@ impl OverlayManager {
         if stale.is_empty() && new.is_empty() {
             return;
         }
-        // Build stitched backings before taking the address-space lock (mmaps can take a while).
+        // Bytes move only once no mapping shows them: when a new range needs bytes moved and
+        // ranges go away in the same change, they go away first (one transaction), then the
+        // bytes move and the new ranges come (a second one). Both happen inside the guest's
+        // register write; the exact MMIO path serves the range in between.
+        let mut stale = stale;
+        if !stale.is_empty() && new.iter().any(|p| self.needs_moves(p)) {
+            if !self.transact(&mut installed, &stale, Vec::new()) {
+                return;
+            }
+            stale.clear();
+        }
+        // Move bytes and build stitched backings before taking the address-space lock (mmaps
+        // and copies can take a while).
         let mut prepared = Vec::new();
         for p in &new {
             match self.prepare(p) {
@@ -407,14 +444,47 @@ impl OverlayManager {
                 }
             }
         }
+        self.transact(&mut installed, &stale, prepared);
+    }
+
+    /// Whether installing `p` moves bytes: a region store to fill, or device bytes to bring
+    /// home from one before the device's own store is mapped.
+    fn needs_moves(&self, p: &RangePlan) -> bool {
+        let placed = |device: usize, dpa: u64, len: u64| {
+            self.memories.get(device).is_some_and(|m| {
+                m.placements()
+                    .iter()
+                    .any(|(s, q)| *s < dpa.saturating_add(len) && s + q.len > dpa)
+            })
+        };
+        match p {
+            RangePlan::Stored { .. } => true,
+            RangePlan::Linear {
+                device, dpa, len, ..
+            } => placed(*device, *dpa, *len),
+            RangePlan::Interleaved { pieces, .. } => {
+                pieces.iter().any(|q| placed(q.device, q.dpa, q.len))
+            }
+            RangePlan::MmioOnly { .. } => false,
+        }
+    }
+
+    /// Removes the `stale` overlays and adds the `prepared` ones in one memory transaction;
+    /// false when it failed (the VM is being stopped).
+    fn transact(
+        &self,
+        installed: &mut BTreeMap<(usize, u64), Installed>,
+        stale: &[(usize, u64)],
+        prepared: Vec<(&RangePlan, Vec<Part>)>,
+    ) -> bool {
         let Some(space) = self.space.upgrade() else {
-            return; // the machine is gone
+            return false; // the machine is gone
         };
         let mut space = space.lock().unwrap_or_else(|e| e.into_inner());
         let mut tx = space.begin();
         let mut refused: Option<cxlvm_memory::MemoryError> = None;
         let mut removed = Vec::new();
-        for k in &stale {
+        for k in stale {
             if let Some(i) = installed.get(k) {
                 for &r in &i.regions {
                     if let Err(e) = tx.unplace(r).and_then(|()| tx.remove(r)) {
@@ -451,6 +521,11 @@ impl OverlayManager {
                         tx.add_ram("cxl.interleave", backing, 0, size, false)
                             .map(|r| (r, at, n))
                     }
+                    Part::Store { backing, at } => {
+                        let size = backing.size();
+                        tx.add_ram("cxl.region", backing, 0, size, false)
+                            .map(|r| (r, at, 1))
+                    }
                 };
                 match r.and_then(|(r, at, n)| {
                     tx.place(container, r, at - base, OVERLAY_PRIORITY)
@@ -472,7 +547,7 @@ impl OverlayManager {
             drop(tx);
             drop(space);
             (self.fatal)(OverlayFailure::Refused(e));
-            return;
+            return false;
         }
         match tx.commit() {
             Ok(_) => {
@@ -515,10 +590,12 @@ impl OverlayManager {
                         },
                     );
                 }
+                true
             }
             Err(e) => {
                 drop(space);
                 (self.fatal)(OverlayFailure::Commit(e));
+                false
             }
         }
     }
@@ -555,6 +632,7 @@ impl OverlayManager {
                 dpa,
                 ..
             } => {
+                storage::evict(&self.memories, *device, *dpa, *len).map_err(storage_failure)?;
                 let mut parts = Vec::new();
                 let mut at = *hpa;
                 for (region, _b, off, n) in self.dpa_regions(*device, *dpa, *len) {
@@ -583,6 +661,10 @@ impl OverlayManager {
                         return Ok((p, vec![Part::Stitched { backing, at: *hpa }]));
                     }
                 }
+                for q in pieces.iter() {
+                    storage::evict(&self.memories, q.device, q.dpa, q.len)
+                        .map_err(storage_failure)?;
+                }
                 let mut src = Vec::with_capacity(pieces.len());
                 for &Piece { device, dpa, len } in pieces.iter() {
                     for (_r, b, off, n) in self.dpa_regions(device, dpa, len) {
@@ -593,9 +675,44 @@ impl OverlayManager {
                     .map_err(|e| BuildFailure::Stitch { error: Arc::new(e) })?;
                 Ok((p, vec![Part::Stitched { backing, at: *hpa }]))
             }
+            RangePlan::Stored {
+                window,
+                hpa,
+                layout,
+                ..
+            } => {
+                let store = match storage::find_store(&self.memories, *window, *hpa, layout) {
+                    Some(s) => s,
+                    None => {
+                        let store = RegionStore::new(*window, *hpa, layout.clone())
+                            .map_err(|e| storage_failure(storage::StorageError::Backing(e)))?;
+                        let t = std::time::Instant::now();
+                        let moved =
+                            storage::adopt(&self.memories, &store).map_err(storage_failure)?;
+                        info!(
+                            "window {window} [{hpa:#x}, {:#x}): region store filled: {} bytes moved in {:?}",
+                            hpa + layout.len(),
+                            moved.bytes,
+                            t.elapsed()
+                        );
+                        store
+                    }
+                };
+                Ok((
+                    p,
+                    vec![Part::Store {
+                        backing: store.backing.clone(),
+                        at: *hpa,
+                    }],
+                ))
+            }
             RangePlan::MmioOnly { .. } => Ok((p, vec![])),
         }
     }
+}
+
+fn storage_failure(e: storage::StorageError) -> BuildFailure {
+    BuildFailure::Storage { error: Arc::new(e) }
 }
 
 enum Part {
@@ -606,6 +723,11 @@ enum Part {
         len: u64,
     },
     Stitched {
+        backing: Arc<RamBacking>,
+        at: u64,
+    },
+    /// A region store's backing (one mapping).
+    Store {
         backing: Arc<RamBacking>,
         at: u64,
     },

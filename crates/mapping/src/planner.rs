@@ -84,6 +84,8 @@ use cxlvm_cxl::hdm::CommittedDecoder;
 use cxlvm_cxl::interleave::{Granularity, Ways};
 use cxlvm_cxl::topology::Arithmetic;
 
+use crate::storage::{Layout, LayoutRun};
+
 /// Page size of RAM overlays: mappings must be aligned to it in HPA and DPA.
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -181,10 +183,16 @@ pub enum BuildFailure {
         #[serde(serialize_with = "serialize_display")]
         error: Arc<cxlvm_memory::BackingError>,
     },
+    /// The bytes could not be moved into (or out of) the region store.
+    Storage {
+        /// The cause (serialised as its message).
+        #[serde(serialize_with = "serialize_display")]
+        error: Arc<crate::storage::StorageError>,
+    },
 }
 
-fn serialize_display<S: serde::Serializer>(
-    e: &Arc<cxlvm_memory::BackingError>,
+fn serialize_display<S: serde::Serializer, E: fmt::Display>(
+    e: &Arc<E>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_str(e)
@@ -204,6 +212,9 @@ impl PartialEq for BuildFailure {
                 },
             ) => (device, dpa, len) == (d2, a2, l2),
             (BuildFailure::Stitch { error }, BuildFailure::Stitch { error: e2 }) => {
+                Arc::ptr_eq(error, e2)
+            }
+            (BuildFailure::Storage { error }, BuildFailure::Storage { error: e2 }) => {
                 Arc::ptr_eq(error, e2)
             }
             _ => false,
@@ -269,6 +280,9 @@ impl fmt::Display for MmioReason {
             MmioReason::BuildFailed {
                 failure: BuildFailure::Stitch { error },
             } => write!(f, "direct mapping failed: {error}"),
+            MmioReason::BuildFailed {
+                failure: BuildFailure::Storage { error },
+            } => write!(f, "direct mapping failed: {error}"),
         }
     }
 }
@@ -302,6 +316,18 @@ pub enum RangePlan {
         /// The pieces, in HPA order.
         pieces: Arc<[Piece]>,
     },
+    /// `[hpa, hpa + len)` is interleaved over volatile capacity, at any granularity: its bytes
+    /// live in one region store in HPA order ([`crate::storage`]), mapped as one range.
+    Stored {
+        /// Window index.
+        window: usize,
+        /// First HPA.
+        hpa: u64,
+        /// Length in bytes.
+        len: u64,
+        /// The interleave set's geometry.
+        layout: Arc<Layout>,
+    },
     /// Decoded onto devices but not mappable; stays on the MMIO path.
     MmioOnly {
         /// Window index.
@@ -321,6 +347,7 @@ impl RangePlan {
         match *self {
             RangePlan::Linear { window, .. }
             | RangePlan::Interleaved { window, .. }
+            | RangePlan::Stored { window, .. }
             | RangePlan::MmioOnly { window, .. } => window,
         }
     }
@@ -330,6 +357,7 @@ impl RangePlan {
         match *self {
             RangePlan::Linear { hpa, .. }
             | RangePlan::Interleaved { hpa, .. }
+            | RangePlan::Stored { hpa, .. }
             | RangePlan::MmioOnly { hpa, .. } => hpa,
         }
     }
@@ -339,6 +367,7 @@ impl RangePlan {
         match *self {
             RangePlan::Linear { len, .. }
             | RangePlan::Interleaved { len, .. }
+            | RangePlan::Stored { len, .. }
             | RangePlan::MmioOnly { len, .. } => len,
         }
     }
@@ -353,11 +382,11 @@ impl RangePlan {
         self.hpa() + self.len()
     }
 
-    /// Mappings (VMAs) the range costs: 1 for `Linear`, the piece count for `Interleaved`, 0 for
-    /// `MmioOnly`.
+    /// Mappings (VMAs) the range costs: 1 for `Linear` and `Stored`, the piece count for
+    /// `Interleaved`, 0 for `MmioOnly`.
     pub fn mappings(&self) -> u64 {
         match self {
-            RangePlan::Linear { .. } => 1,
+            RangePlan::Linear { .. } | RangePlan::Stored { .. } => 1,
             RangePlan::Interleaved { pieces, .. } => pieces.len() as u64,
             RangePlan::MmioOnly { .. } => 0,
         }
@@ -389,6 +418,7 @@ struct Slot {
 enum Proposal {
     Linear { device: usize, dpa: u64 },
     Periodic(Pattern),
+    Stored(Arc<Layout>),
     XorWalk { unit: u64 },
     Mmio(MmioReason),
 }
@@ -873,6 +903,9 @@ fn periodic(graph: &DecodeGraph, w: usize, s: u64, e: u64, p: u64, c: u64) -> Op
             },
         );
     }
+    if let Some(layout) = stored_layout(graph, s, len, p, &runs) {
+        return mk(s, len, Proposal::Stored(Arc::new(layout)));
+    }
     let min_run = runs.iter().map(|r| r.len).min().unwrap_or(0);
     if min_run < PAGE_SIZE {
         let reason = MmioReason::Granularity { run: min_run };
@@ -894,6 +927,35 @@ fn periodic(graph: &DecodeGraph, w: usize, s: u64, e: u64, p: u64, c: u64) -> Op
         return mk(s, len, Proposal::Mmio(MmioReason::UnalignedEnd { end: e }));
     }
     mk(s, len, Proposal::Periodic(Pattern { period: p, runs }))
+}
+
+/// The region-store layout of a fully decoded interleave over volatile capacity only, page
+/// aligned in HPA (one KVM slot), every device's bytes one dense DPA extent; `None` otherwise
+/// (persistent capacity keeps its files and is stitched or stays on the MMIO path).
+fn stored_layout(graph: &DecodeGraph, s: u64, len: u64, p: u64, runs: &[Run]) -> Option<Layout> {
+    if !s.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+        return None;
+    }
+    let layout = Layout::new(
+        p,
+        len,
+        runs.iter()
+            .map(|r| LayoutRun {
+                off: r.off,
+                len: r.len,
+                device: r.device,
+                dpa: r.dpa,
+                stride: r.stride,
+            })
+            .collect(),
+    )?;
+    let volatile = layout.extents().all(|(d, dpa, n)| {
+        graph
+            .devices
+            .get(d)
+            .is_some_and(|dev| dpa.checked_add(n).is_some_and(|e| e <= dev.volatile))
+    });
+    volatile.then_some(layout)
 }
 
 impl Pattern {
@@ -1178,6 +1240,18 @@ fn grant(graph: &DecodeGraph, slots: Vec<Slot>, budget: u64) -> Vec<RangePlan> {
                         return mmio(over(need, left));
                     }
                     pat.pieces(len)
+                }
+                Proposal::Stored(layout) => {
+                    if left == 0 {
+                        return mmio(over(1, left));
+                    }
+                    left -= 1;
+                    return RangePlan::Stored {
+                        window,
+                        hpa,
+                        len,
+                        layout,
+                    };
                 }
                 Proposal::XorWalk { unit } => match xor_walk(graph, window, hpa, len, unit, left) {
                     Ok(p) => p,

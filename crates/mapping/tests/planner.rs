@@ -59,17 +59,28 @@ struct Rig {
     passthrough: Vec<bool>,
 }
 
-/// `hbs[i]` = (passthrough, root ports).
+/// `hbs[i]` = (passthrough, root ports); every device has `cap` bytes of persistent capacity
+/// (interleaves of it are stitched from the devices' files; see [`rig_volatile`]).
 fn rig(windows: Vec<WindowNode>, hbs: &[(bool, u8)], cap: u64) -> Rig {
+    rig_of(windows, hbs, cap, false)
+}
+
+/// [`rig`] with volatile devices: their interleaves are region stores at any granularity.
+fn rig_volatile(windows: Vec<WindowNode>, hbs: &[(bool, u8)], cap: u64) -> Rig {
+    rig_of(windows, hbs, cap, true)
+}
+
+fn rig_of(windows: Vec<WindowNode>, hbs: &[(bool, u8)], cap: u64, volatile: bool) -> Rig {
+    let (v, p_cap) = if volatile { (cap, 0) } else { (0, cap) };
     let mut devices = Vec::new();
     let mut dev = Vec::new();
     for (h, &(_, n)) in hbs.iter().enumerate() {
-        let mut v = Vec::new();
+        let mut vs = Vec::new();
         for p in 0..n {
-            v.push(devices.len());
-            devices.push((h, p, caps(false, 0), cap, 0));
+            vs.push(devices.len());
+            devices.push((h, p, caps(false, 0), v, p_cap));
         }
-        dev.push(v);
+        dev.push(vs);
     }
     let spec = FabricSpec {
         windows,
@@ -303,6 +314,10 @@ impl<'a> Index<'a> {
                 let j = offs.partition_point(|&o| o <= off) - 1;
                 Hit::Mapped(pieces[j].device, pieces[j].dpa + (off - offs[j]))
             }
+            RangePlan::Stored { hpa, layout, .. } => match layout.at_offset(x - hpa) {
+                Some(s) => Hit::Mapped(s.device, s.dpa),
+                None => Hit::None,
+            },
             RangePlan::MmioOnly { reason, .. } => Hit::Mmio(reason),
         }
     }
@@ -363,6 +378,33 @@ fn check_exact(g: &DecodeGraph, plans: &[RangePlan], budget: u64, rng: &mut Rng)
                         },
                         "Linear {hpa:#x}+{len:#x}, offset {off:#x}"
                     );
+                }
+            }
+            RangePlan::Stored {
+                hpa, len, layout, ..
+            } => {
+                assert_eq!((hpa | len) % PAGE_SIZE, 0, "aligned {p:?}");
+                assert_eq!(layout.len(), *len, "the store is the range");
+                assert!(layout.extents().count() > 1, "one device is Linear");
+                for (d, dpa, n) in layout.extents() {
+                    assert!(
+                        dpa + n <= g.devices[d].volatile,
+                        "region stores hold volatile capacity only: device {d} {dpa:#x}+{n:#x}"
+                    );
+                }
+                for off in offsets(*len, rng, 300) {
+                    let s = layout.at_offset(off).expect("inside");
+                    assert_eq!(
+                        g.route(hpa + off),
+                        Target::Device {
+                            device: s.device,
+                            dpa: s.dpa
+                        },
+                        "Stored {hpa:#x}+{len:#x}, offset {off:#x}"
+                    );
+                    let back = layout.at_dpa(s.device, s.dpa).expect("its DPA");
+                    assert_eq!(back.offset, off, "DPA -> offset inverts offset -> DPA");
+                    assert!(s.len >= 1 && off + s.len <= *len);
                 }
             }
             RangePlan::Interleaved {
@@ -830,12 +872,13 @@ fn dec(
     }
 }
 
+/// A persistent device (its interleaves are stitched, as in [`rig`]).
 fn device(decoders: Vec<CommittedDecoder>, cap: u64) -> DeviceNode {
     DeviceNode {
         decoding: true,
         decoders,
-        volatile: cap,
-        persistent: 0,
+        volatile: 0,
+        persistent: cap,
     }
 }
 
@@ -1055,7 +1098,11 @@ fn random_fabric(seed: u64) -> Arc<DecodeGraph> {
         windows.push(window(base, size, t, rng.pick(&grans), arith));
         base += size + rng.below(2) * GIB;
     }
-    let r = rig(windows.clone(), &hbs, cap);
+    let r = if rng.chance(50) {
+        rig_volatile(windows.clone(), &hbs, cap)
+    } else {
+        rig(windows.clone(), &hbs, cap)
+    };
     // Regions mostly placed one after the other in their window (as Linux allocates them).
     let mut cursor: Vec<u64> = windows.iter().map(|w| w.base).collect();
     for _ in 0..1 + rng.below(4) {
@@ -1239,11 +1286,12 @@ fn random_graph(seed: u64) -> DecodeGraph {
             } else {
                 dpa
             };
+            let volatile = rng.chance(50);
             devices.push(DeviceNode {
                 decoding: rng.chance(90),
                 decoders: decs,
-                volatile: cap,
-                persistent: 0,
+                volatile: if volatile { cap } else { 0 },
+                persistent: if volatile { 0 } else { cap },
             });
         }
         let mut ps = ports(first, nports);
@@ -1298,11 +1346,12 @@ proptest! {
 /// kind of plan and reason (so the property tests test something).
 #[test]
 fn seeded_random_cases_plan_exactly_and_reach_every_plan_kind() {
+    let mut kinds = [0u32; 4];
     for (name, make) in [
         ("fabric", random_fabric as fn(u64) -> Arc<DecodeGraph>),
         ("graph", |seed| Arc::new(random_graph(seed))),
     ] {
-        let (mut lin, mut il, mut mmio) = (0, 0, 0);
+        let (mut lin, mut il, mut st, mut mmio) = (0, 0, 0, 0);
         let mut reasons = std::collections::BTreeMap::new();
         for seed in 0..64u64 {
             let g = make(seed);
@@ -1319,6 +1368,7 @@ fn seeded_random_cases_plan_exactly_and_reach_every_plan_kind() {
                 match p {
                     RangePlan::Linear { .. } => lin += 1,
                     RangePlan::Interleaved { .. } => il += 1,
+                    RangePlan::Stored { .. } => st += 1,
                     RangePlan::MmioOnly { reason, .. } => {
                         mmio += 1;
                         let key = format!("{reason:?}")
@@ -1336,7 +1386,16 @@ fn seeded_random_cases_plan_exactly_and_reach_every_plan_kind() {
                 }
             }
         }
-        eprintln!("random {name}s: {lin} Linear, {il} Interleaved, {mmio} MmioOnly {reasons:?}");
-        assert!(lin > 0 && il > 0 && mmio > 0, "{name}: {lin} {il} {mmio}");
+        eprintln!(
+            "random {name}s: {lin} Linear, {il} Interleaved, {st} Stored, {mmio} MmioOnly {reasons:?}"
+        );
+        for (k, n) in kinds.iter_mut().zip([lin, il, st, mmio]) {
+            *k += n;
+        }
     }
+    // Between them (fabrics programmed like Linux, arbitrary graphs) every kind of plan appears.
+    assert!(
+        kinds.iter().all(|&k| k > 0),
+        "Linear, Interleaved, Stored, MmioOnly: {kinds:?}"
+    );
 }

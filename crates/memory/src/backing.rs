@@ -477,6 +477,89 @@ impl RamBacking {
         }
     }
 
+    /// The parts of `[offset, offset + len)` that may hold data, in order, as `(offset, len)`:
+    /// the file's data extents (`SEEK_DATA`/`SEEK_HOLE`), page granular, so never-written and
+    /// discarded pages are skipped. A stitched backing reports the whole range.
+    pub fn data_ranges(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>, BackingError> {
+        let end = match offset.checked_add(len) {
+            Some(e) if e <= self.size => e,
+            _ => return Err(self.oob(offset, usize::try_from(len).unwrap_or(usize::MAX))),
+        };
+        let (file, base) = match &self.mapping {
+            Mapping::File {
+                file, file_offset, ..
+            } => (file, *file_offset),
+            Mapping::Stitched { .. } => return Ok(vec![(offset, len)]),
+        };
+        let io = |what, source: rustix::io::Errno| BackingError::Io {
+            name: self.name.clone(),
+            what,
+            source: source.into(),
+        };
+        let mut out = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let data = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(base + at)) {
+                Ok(d) => d - base,
+                // No data at or after `at`.
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(e) => return Err(io("cannot find data (SEEK_DATA)", e)),
+            };
+            if data >= end {
+                break;
+            }
+            let hole = match rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(base + data)) {
+                Ok(h) => (h - base).min(end),
+                Err(e) => return Err(io("cannot find a hole (SEEK_HOLE)", e)),
+            };
+            out.push((data, hole - data));
+            at = hole;
+        }
+        Ok(out)
+    }
+
+    /// Gives the storage of `[offset, offset + len)` back: whole pages become holes
+    /// (`FALLOC_FL_PUNCH_HOLE`), the partial pages at either end are zeroed; reads then return
+    /// zeros, as from a fresh backing. Not for stitched backings (their bytes belong to others).
+    pub fn discard(&self, offset: u64, len: u64) -> Result<(), BackingError> {
+        let end = match offset.checked_add(len) {
+            Some(e) if e <= self.size => e,
+            _ => return Err(self.oob(offset, usize::try_from(len).unwrap_or(usize::MAX))),
+        };
+        let Mapping::File {
+            file, file_offset, ..
+        } = &self.mapping
+        else {
+            return Err(BackingError::Io {
+                name: self.name.clone(),
+                what: "cannot discard bytes of a stitched backing",
+                source: std::io::ErrorKind::Unsupported.into(),
+            });
+        };
+        let first = offset.next_multiple_of(PAGE_SIZE).min(end);
+        let last = (end / PAGE_SIZE * PAGE_SIZE).max(first);
+        let zero = vec![0u8; PAGE_SIZE as usize];
+        for (a, b) in [(offset, first), (last, end)] {
+            if b > a {
+                self.write(a, &zero[..(b - a) as usize])?;
+            }
+        }
+        if last > first {
+            rustix::fs::fallocate(
+                file,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                file_offset + first,
+                last - first,
+            )
+            .map_err(|e| BackingError::Io {
+                name: self.name.clone(),
+                what: "cannot discard pages (FALLOC_FL_PUNCH_HOLE)",
+                source: e.into(),
+            })?;
+        }
+        Ok(())
+    }
+
     fn oob(&self, offset: u64, len: usize) -> BackingError {
         BackingError::OutOfBounds {
             name: self.name.clone(),

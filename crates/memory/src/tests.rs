@@ -1167,3 +1167,39 @@ fn space_and_views_can_be_shared_between_threads() {
     send_sync::<FlatDiff>();
     send_sync::<RegionKind>();
 }
+
+#[test]
+fn data_ranges_find_written_pages_and_discard_gives_them_back() {
+    let b = RamBacking::memfd("data", 64 * PAGE_SIZE).unwrap();
+    assert_eq!(
+        b.data_ranges(0, b.size()).unwrap(),
+        vec![],
+        "a fresh memfd is all holes"
+    );
+    b.write(3 * PAGE_SIZE + 10, &[1, 2, 3]).unwrap();
+    b.write(10 * PAGE_SIZE, &[4; 2 * PAGE_SIZE as usize])
+        .unwrap();
+    assert_eq!(
+        b.data_ranges(0, b.size()).unwrap(),
+        vec![(3 * PAGE_SIZE, PAGE_SIZE), (10 * PAGE_SIZE, 2 * PAGE_SIZE)]
+    );
+    // Clipped to the range asked for.
+    assert_eq!(
+        b.data_ranges(11 * PAGE_SIZE + 5, 100).unwrap(),
+        vec![(11 * PAGE_SIZE + 5, 100)]
+    );
+    // Discarding part of a page zeroes it; whole pages become holes.
+    b.discard(10 * PAGE_SIZE + 8, 2 * PAGE_SIZE - 8).unwrap();
+    let mut v = [0xffu8; 16];
+    b.read(10 * PAGE_SIZE, &mut v).unwrap();
+    assert_eq!(v, [4, 4, 4, 4, 4, 4, 4, 4, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        b.data_ranges(0, b.size()).unwrap(),
+        vec![(3 * PAGE_SIZE, PAGE_SIZE), (10 * PAGE_SIZE, PAGE_SIZE)]
+    );
+    b.discard(0, b.size()).unwrap();
+    assert_eq!(b.data_ranges(0, b.size()).unwrap(), vec![]);
+    b.read(3 * PAGE_SIZE + 10, &mut v[..3]).unwrap();
+    assert_eq!(v[..3], [0, 0, 0]);
+    assert!(b.data_ranges(b.size(), 1).is_err());
+}

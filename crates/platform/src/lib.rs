@@ -22,8 +22,8 @@ use cxlvm_cxl::graph::WindowNode;
 use cxlvm_cxl::interleave::{Granularity, Ways, xormaps};
 use cxlvm_cxl::mailbox::{Mailbox, MemdevParams};
 use cxlvm_cxl::topology::{Arithmetic, LSA_SIZE, Topology};
-use cxlvm_cxl::window::{DeviceMemory, WindowDispatcher};
 use cxlvm_mapping::overlay::OverlayManager;
+use cxlvm_mapping::window::{DeviceMemory, WindowDispatcher};
 
 /// PCI vendor ID cxlvm's functions use (Red Hat, the vendor of many emulated devices).
 pub const PCI_VENDOR: u16 = 0x1b36;
@@ -487,10 +487,7 @@ impl CxlPlatform {
                 )?),
                 (_, None) => Some(RamBacking::memfd(&format!("{}.lsa", d.id), LSA_SIZE)?),
             };
-            memories.push(DeviceMemory {
-                volatile,
-                persistent,
-            });
+            memories.push(DeviceMemory::new(volatile, persistent));
             lsas.push(lsa);
         }
         let memories: Arc<[DeviceMemory]> = memories.into();

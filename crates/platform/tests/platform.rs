@@ -462,7 +462,7 @@ fn ram_backing_at(
 }
 
 #[test]
-fn recommitting_an_interleaved_region_reuses_its_stitched_mapping() {
+fn recommitting_an_interleaved_region_reuses_its_region_store() {
     let (p, space) = build(TWO);
     let view = space.lock().unwrap().view_handle();
     let w = &p.windows[0];
@@ -489,17 +489,31 @@ fn recommitting_an_interleaved_region_reuses_its_stitched_mapping() {
     // The HB decoder interleaves its 2 root ports at 16 KiB (the window itself is 1-way).
     program(hb, 0x0100);
     let first = ram_backing_at(&space, w.base).expect("interleaved region mapped");
-    assert!(first.is_stitched());
+    assert!(
+        !first.is_stitched(),
+        "volatile interleave: one region store"
+    );
+    assert_eq!(first.mappings(), 1);
+    // Written through the mapping (the second 16 KiB granule: device 1, DPA 0), found through
+    // the device's storage map after uncommit (no decoder routes the HPA any more).
+    wr(w.base + 0x4000, 0xfeed_f00d);
     wr(hb + 0x10, 6 | 1 << 4 | 1 << 12); // uncommit
     assert!(
         ram_backing_at(&space, w.base).is_none(),
         "unmapped after uncommit"
     );
+    let mut v = [0u8; 4];
+    assert!(p.memories[1].read(0, &mut v));
+    assert_eq!(
+        u32::from_le_bytes(v),
+        0xfeed_f00d,
+        "device 1's DPA 0 is in the region store"
+    );
     wr(hb + 0x10, 6 | 1 << 4 | 1 << 9 | 1 << 12); // recommit, same programming
     let again = ram_backing_at(&space, w.base).expect("mapped again");
     assert!(
         Arc::ptr_eq(&first, &again),
-        "the stitched mapping was reused, not rebuilt"
+        "the region store was reused: nothing moved, nothing rebuilt"
     );
 }
 

@@ -247,17 +247,17 @@ fn build_commits_the_decoders_sets_the_enables_and_maps_the_ranges() {
         CTRL_COMMITTED | CTRL_HOST_ONLY
     );
 
-    // The mapping planner maps every region: r0 and r1 interleaved, r2 linear onto mem1's
-    // persistent capacity.
+    // The mapping planner maps every region: r0 and r1 interleaved over volatile capacity (one
+    // region store each), r2 linear onto mem1's persistent capacity.
     let plan = planner::plan(&g, u64::MAX);
     let covering = |hpa: u64| plan.iter().find(|r| r.hpa() <= hpa && hpa < r.end());
     assert!(matches!(
         covering(W0),
-        Some(RangePlan::Interleaved { len, .. }) if *len == 512 * MIB
+        Some(RangePlan::Stored { len, .. }) if *len == 512 * MIB
     ));
     assert!(matches!(
         covering(W1),
-        Some(RangePlan::Interleaved { len, .. }) if *len == 512 * MIB
+        Some(RangePlan::Stored { len, .. }) if *len == 512 * MIB
     ));
     assert_eq!(
         covering(W0 + 512 * MIB),

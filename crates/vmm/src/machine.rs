@@ -17,9 +17,9 @@ use crate::VmmError;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cxlvm_cxl::topology::AddressLimits;
-use cxlvm_cxl::window::WindowDispatcher;
 use cxlvm_devices::{PioDevice, StopReason};
 use cxlvm_mapping::overlay::OverlayManager;
+use cxlvm_mapping::window::WindowDispatcher;
 use cxlvm_platform::{self as platform, CxlPlatform, OverlayOptions, PlatformLayout};
 
 use crate::config::{ConfigError, MachineConfig, Privilege, SerialOut};

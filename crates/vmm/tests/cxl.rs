@@ -80,10 +80,9 @@ fn region(topo: Topology, hbs: &[u8], gran: u64, extra: &str) {
     }
     // Nothing else reached any device (the precheck's writes before commit included).
     for (d, mem) in cxl.memories.iter().enumerate() {
-        let b = mem.volatile.as_ref().unwrap();
         let span = (words * stride).div_ceil(ways) + gran;
         let mut buf = vec![0u8; span as usize];
-        b.read(0, &mut buf).unwrap();
+        assert!(mem.read(0, &mut buf), "mem{d} DPA 0..{span:#x}");
         let nonzero = buf.chunks(8).filter(|w| w.iter().any(|&x| x != 0)).count() as u64;
         assert_eq!(
             nonzero, expected_per_device[d],

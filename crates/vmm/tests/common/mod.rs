@@ -45,15 +45,14 @@ pub fn word(m: &cxlvm_memory::RamBacking, i: u64) -> u64 {
 /// What the `cxl` guest's verify pass writes at HPA `hpa`: `VERIFY_TAG | hpa`.
 pub const VERIFY_TAG: u64 = 0xC710_0000_0000_0000;
 
-/// Asserts that device `dev`'s volatile memory holds the verify word of `hpa` at `dpa`.
+/// Asserts that device `dev`'s volatile memory holds the verify word of `hpa` at `dpa` (read
+/// through the storage map: the bytes may live in a region store).
 pub fn assert_verify_word(cxl: &cxlvm_platform::CxlPlatform, dev: usize, dpa: u64, hpa: u64) {
     let mut b = [0u8; 8];
-    cxl.memories[dev]
-        .volatile
-        .as_ref()
-        .unwrap()
-        .read(dpa, &mut b)
-        .unwrap();
+    assert!(
+        cxl.memories[dev].read(dpa, &mut b),
+        "DPA {dpa:#x} of mem{dev}"
+    );
     assert_eq!(
         u64::from_le_bytes(b),
         VERIFY_TAG | hpa,

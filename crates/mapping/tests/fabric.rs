@@ -2,6 +2,8 @@
 //! MMIO the way Linux does, then check that every HPA reaches the device and DPA an independent
 //! formula says, through both the decode graph and the window dispatcher.
 
+// The register helpers of cxlvm-cxl's own tests (commit, uncommit, target lists).
+#[path = "../../cxl/tests/common/mod.rs"]
 mod common;
 
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use cxlvm_cxl::fabric::{ComponentId, ComponentMmio, Fabric, FabricSpec};
 use cxlvm_cxl::graph::{Miss, Target, WindowNode};
 use cxlvm_cxl::interleave::{Granularity, Ways};
 use cxlvm_cxl::topology::Arithmetic;
-use cxlvm_cxl::window::{DeviceMemory, WindowDispatcher};
+use cxlvm_mapping::window::{DeviceMemory, WindowDispatcher};
 use cxlvm_memory::{MmioHandler, RamBacking};
 
 const GIB: u64 = 1 << 30;
@@ -57,9 +59,11 @@ fn rig(hbs: &[u8], passthrough: bool, window_gran: u64) -> Rig {
     };
     let fabric = Fabric::new(spec);
     let mem: Arc<[DeviceMemory]> = (0..ndev)
-        .map(|i| DeviceMemory {
-            volatile: Some(RamBacking::memfd(&format!("mem{i}"), GIB).unwrap()),
-            persistent: None,
+        .map(|i| {
+            DeviceMemory::new(
+                Some(RamBacking::memfd(&format!("mem{i}"), GIB).unwrap()),
+                None,
+            )
         })
         .collect();
     let disp = WindowDispatcher::new(0, WBASE, fabric.graph_handle(), mem.clone());
