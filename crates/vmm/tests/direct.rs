@@ -160,31 +160,36 @@ fn four_way_interleave_at_4k_and_16k_is_mapped() {
 }
 
 #[test]
-fn sub_page_granularity_stays_on_the_mmio_path_and_is_correct() {
-    let (m, text) = run(
-        Topology::simple(2, 256 << 20, 4096, false),
-        "mode=region direct=1 expect_direct=0 words=512 gran=256",
-        1,
-    );
-    assert!(text.contains("direct ok"), "{text}");
-    let state = m.memory_state();
-    let r = &state.windows[0].ranges;
-    assert!(
-        r.iter().all(|r| r.mode == RangeMode::Mmio) && !r.is_empty(),
-        "{state}"
-    );
-    assert_eq!(
-        r[0].reason,
-        Some(MmioReason::Granularity { run: 256 }),
-        "{state}"
-    );
+fn sub_page_granularity_is_one_region_store_at_ram_speed_and_correct() {
+    for (devices, gran) in [(2u8, 256u64), (4, 256), (4, 1024), (2, 4096)] {
+        let (m, text) = run(
+            Topology::simple(devices, 256 << 20, 4096, false),
+            &format!("mode=region direct=1 expect_direct=1 words=512 gran={gran}"),
+            1,
+        );
+        assert!(text.contains("direct ok"), "{devices} x {gran}: {text}");
+        let state = m.memory_state();
+        let r = &state.windows[0].ranges;
+        assert_eq!(r.len(), 1, "{state}");
+        assert_eq!(
+            r[0].mode,
+            RangeMode::Interleaved,
+            "{devices} x {gran}: {state}"
+        );
+        assert_eq!(r[0].mappings, 1, "one region store, one mapping: {state}");
+        assert!(
+            m.slots().covering(state.windows[0].base).is_some(),
+            "one KVM slot covers the range"
+        );
+    }
 }
 
 #[test]
 fn over_the_vma_budget_the_range_stays_mmio_and_correct() {
     let (mut cfg, cap) = config("cxl", "mode=region direct=1 expect_direct=0 words=512");
     cfg.cxl = Some(Topology::simple(2, 256 << 20, 4096, false));
-    cfg.vma_budget = Some(100);
+    // A volatile interleave is one region store: one mapping, which a budget of 0 does not allow.
+    cfg.vma_budget = Some(0);
     let (m, r, text) = boot(cfg, &cap);
     assert_eq!(r.outcome, Outcome::Exit(0), "serial:\n{text}");
     assert!(text.contains("direct ok"), "{text}");
@@ -197,10 +202,7 @@ fn over_the_vma_budget_the_range_stays_mmio_and_correct() {
     assert!(
         matches!(
             ranges[0].reason,
-            Some(MmioReason::VmaBudget {
-                needed: 131072,
-                left: 100
-            })
+            Some(MmioReason::VmaBudget { needed: 1, left: 0 })
         ),
         "the reason is the budget, with its numbers: {state}"
     );
