@@ -199,10 +199,10 @@ impl Layout {
         if rel >= s.len {
             return None;
         }
-        let (k, within) = if s.stride == 0 {
-            (0, rel)
-        } else {
-            (rel / s.stride, rel % s.stride)
+        // A stride of 0: the range is one period or less.
+        let (k, within) = match (rel.checked_div(s.stride), rel.checked_rem(s.stride)) {
+            (Some(k), Some(w)) => (k, w),
+            _ => (0, rel),
         };
         let i = s.runs.partition_point(|&(d, _, l)| d + l <= within);
         let &(d, off, l) = s.runs.get(i)?;
