@@ -537,3 +537,167 @@ fn aperture_shares_are_mib_aligned_and_fit_their_root_ports() {
         Err(cxlvm_platform::PlatformError::ApertureFull { aperture_mib: 16 })
     ));
 }
+
+/// One host bridge, four root ports, four 256 MiB volatile devices under a 1 GiB window.
+const FOUR: &str = r#"
+[[host_bridge]]
+id = "hb0"
+root_ports = 4
+[[device]]
+id = "mem0"
+host_bridge = "hb0"
+root_port = 0
+volatile = "256M"
+[[device]]
+id = "mem1"
+host_bridge = "hb0"
+root_port = 1
+volatile = "256M"
+[[device]]
+id = "mem2"
+host_bridge = "hb0"
+root_port = 2
+volatile = "256M"
+[[device]]
+id = "mem3"
+host_bridge = "hb0"
+root_port = 3
+volatile = "256M"
+[[window]]
+id = "w0"
+size = "1G"
+targets = ["hb0"]
+"#;
+
+#[test]
+fn bytes_follow_their_dpa_across_uncommit_and_a_different_geometry() {
+    const MIB: u64 = 1 << 20;
+    let (p, space) = build(FOUR);
+    let view = space.lock().unwrap().view_handle();
+    let w = &p.windows[0];
+    let wr = |addr: u64, v: u32| view.load().write(addr, &v.to_le_bytes());
+    let write64 = |addr: u64, v: u64| view.load().write(addr, &v.to_le_bytes());
+    let read64 = |addr: u64| {
+        let mut b = [0u8; 8];
+        view.load().read(addr, &mut b);
+        u64::from_le_bytes(b)
+    };
+    let comps: Vec<u64> = p
+        .endpoints
+        .iter()
+        .map(|ep| ep.bar_address(0).unwrap())
+        .collect();
+    for (i, ep) in p.endpoints.iter().enumerate() {
+        wr(comps[i] + 0x1204, 2);
+        let ctl = ep.with_config(|c| c.find_dvsec(0x1e98, 0).unwrap()) + 0x0c;
+        ecam_write(&p, &space, 0x11 + i as u8, 0, ctl, &6u16.to_le_bytes());
+    }
+    let hb = p.host_bridges[0].chbcr + 0x1210;
+    // 4 ways (IW 2) at granularity `ig` (256 B << ig) over root ports 0..3, and each endpoint
+    // at the same geometry from DPA 0.
+    let commit = |ig: u32| {
+        let program = |d: u64, targets: u32| {
+            wr(d + 4, (w.base >> 32) as u32);
+            wr(d, w.base as u32);
+            wr(d + 0xc, (w.size >> 32) as u32);
+            wr(d + 8, w.size as u32);
+            wr(d + 0x14, targets);
+            wr(d + 0x10, ig | 2 << 4 | 1 << 9 | 1 << 12);
+        };
+        for c in &comps {
+            program(c + 0x1210, 0);
+        }
+        program(hb, 0x0302_0100);
+    };
+    let uncommit = |ig: u32| {
+        wr(hb + 0x10, ig | 2 << 4 | 1 << 12);
+        for c in &comps {
+            wr(c + 0x1210 + 0x10, ig | 2 << 4 | 1 << 12);
+        }
+    };
+    // The independent formula: HPA offset <-> (device, DPA) for 4 ways at `gran`.
+    let to_dpa = |off: u64, gran: u64| {
+        (
+            (off / gran % 4) as usize,
+            off / gran / 4 * gran + off % gran,
+        )
+    };
+    let to_off =
+        |dev: usize, dpa: u64, gran: u64| (dpa / gran * 4 + dev as u64) * gran + dpa % gran;
+
+    // Geometry A: 4 ways at 256 B. Words written through the MMIO path (direct off), then
+    // through the mapping.
+    let (ga, ia) = (256u64, 0u32);
+    commit(ia);
+    let mut model = std::collections::BTreeMap::new();
+    p.overlays.set_direct(false);
+    assert!(ram_backing_at(&space, w.base).is_none(), "MMIO path");
+    for k in 0..2000u64 {
+        let off = (k * 0x9e37_79b9) % (w.size - 8) / 8 * 8;
+        write64(w.base + off, 0x1000_0000_0000 | k);
+        model.insert(to_dpa(off, ga), 0x1000_0000_0000 | k);
+    }
+    p.overlays.set_direct(true);
+    let store = ram_backing_at(&space, w.base).expect("a 256 B interleave is mapped");
+    assert_eq!(
+        (store.mappings(), store.size()),
+        (1, w.size),
+        "one region store"
+    );
+    for (&(dev, dpa), &v) in &model {
+        assert_eq!(
+            read64(w.base + to_off(dev, dpa, ga)),
+            v,
+            "MMIO-written word on RAM"
+        );
+    }
+    for k in 0..2000u64 {
+        let off = (k * 0x5851_f42d + 8 * 1234) % (w.size - 8) / 8 * 8;
+        write64(w.base + off, 0x2000_0000_0000 | k);
+        model.insert(to_dpa(off, ga), 0x2000_0000_0000 | k);
+    }
+    // Uncommit: nothing decodes, the bytes stay where the storage map says.
+    uncommit(ia);
+    assert!(
+        ram_backing_at(&space, w.base).is_none(),
+        "unmapped after uncommit"
+    );
+    for (&(dev, dpa), &v) in &model {
+        let mut b = [0u8; 8];
+        assert!(p.memories[dev].read(dpa, &mut b));
+        assert_eq!(
+            u64::from_le_bytes(b),
+            v,
+            "mem{dev} DPA {dpa:#x} after uncommit"
+        );
+    }
+    // Geometry B: 4 ways at 4 KiB over the same DPA: each word is now at another HPA, on the
+    // mapping and on the MMIO path.
+    let (gb, ib) = (4096u64, 4u32);
+    commit(ib);
+    let again = ram_backing_at(&space, w.base).expect("a 4 KiB interleave is mapped");
+    assert!(!Arc::ptr_eq(&store, &again), "a new geometry, a new store");
+    assert_eq!(again.mappings(), 1);
+    for (&(dev, dpa), &v) in &model {
+        assert_eq!(
+            read64(w.base + to_off(dev, dpa, gb)),
+            v,
+            "mem{dev} {dpa:#x} on RAM"
+        );
+    }
+    p.overlays.set_direct(false);
+    for (&(dev, dpa), &v) in &model {
+        assert_eq!(
+            read64(w.base + to_off(dev, dpa, gb)),
+            v,
+            "mem{dev} {dpa:#x} on MMIO"
+        );
+    }
+    p.overlays.set_direct(true);
+    // The devices' own stores hold nothing of the moved extents: each byte has one home.
+    for m in p.memories.iter() {
+        let own = m.volatile.as_ref().unwrap();
+        assert_eq!(own.data_ranges(0, 256 * MIB).unwrap(), vec![]);
+    }
+    uncommit(ib);
+}
