@@ -4,11 +4,9 @@
 # What it changes on the machine: if a tool the tests use is missing, it installs the Debian package
 # that has it (pciutils for `lspci`, util-linux for `setpriv`/`prlimit`, coreutils for `mkfifo`,
 # binutils for `readelf`, gcc for linking, acpica-tools for `iasl`/`acpiexec`) with apt-get, when
-# run as root or with password-less sudo, and raises vm.max_map_count (until the next reboot) to
-# 524288 if it is lower: interleaved CXL regions at 4 KiB granularity cost one host mapping per
-# granule, and the tests map 1 GiB ones (262144 mappings; the old kernel default is 65530). Without
-# root or sudo it says what is missing and stops (status 2) before building. It changes nothing
-# else.
+# run as root or with password-less sudo. Without root or sudo it says what is missing and stops
+# (status 2) before building. It changes nothing else: vm.max_map_count stays as it is (volatile
+# interleaves are one host mapping each, whatever their size and granularity).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,25 +18,12 @@ command -v readelf >/dev/null || need+=(binutils)
 command -v cc >/dev/null || need+=(gcc)
 command -v iasl >/dev/null && command -v acpiexec >/dev/null || need+=(acpica-tools)
 
-min_maps=524288
-maps=$(cat /proc/sys/vm/max_map_count)
-
 if [[ $(id -u) == 0 ]]; then
     sudo=()
 elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
     sudo=(sudo)
 else
     sudo=(false)
-fi
-
-if ((maps < min_maps)); then
-    if [[ ${sudo[*]-} == false ]]; then
-        echo "test.sh: vm.max_map_count is $maps; the interleave tests need $min_maps." >&2
-        echo "test.sh: run 'sudo sysctl -w vm.max_map_count=$min_maps' or run ./test.sh as root." >&2
-        exit 2
-    fi
-    echo "test.sh: raising vm.max_map_count from $maps to $min_maps (until reboot)" >&2
-    "${sudo[@]}" sysctl -qw vm.max_map_count=$min_maps
 fi
 
 if ((${#need[@]})); then

@@ -195,6 +195,8 @@ const MIB: u64 = 1 << 20;
 fn bw_configs(quick: bool) -> Vec<(&'static str, u8, u64, u64)> {
     let gib = 1u64 << 30;
     let mut v = vec![("1-way", 1, 4096, 256 * MIB)];
+    v.push(("2-way 256", 2, 256, 512 * MIB));
+    v.push(("2-way 1K", 2, 1024, 512 * MIB));
     v.push(("2-way 4K", 2, 4096, 512 * MIB));
     v.push(("2-way 16K", 2, 16384, 512 * MIB));
     if !quick {
@@ -213,6 +215,7 @@ struct Results {
     mmio: BTreeMap<String, Stat>,
     remap_us: BTreeMap<String, Stat>,
     stitch_build_ms: BTreeMap<String, Stat>,
+    region_store: BTreeMap<String, Stat>,
     startup: BTreeMap<String, Stat>,
     xsavec_avx: BTreeMap<String, serde_json::Value>,
     /// Cases that did not run (or did not finish), with why; every other case ran.
@@ -457,6 +460,13 @@ fn main() -> anyhow::Result<()> {
             stitch_build(res, name, size, gran, runs)
         });
     }
+    // 4b. Region stores: first commit of a fresh region, moving populated data.
+    for (name, ways, gran) in [("2-way 256 B", 2usize, 256u64), ("4-way 4 KiB", 4, 4096)] {
+        let label = format!("region store 1 GiB {name}");
+        case(&mut res, &label, 1, |res| {
+            region_store(res, name, ways, gran, runs, args.quick)
+        });
+    }
     // 5. Start-up and footprint, each in a fresh process.
     case(&mut res, "start-up and footprint", 1, |res| {
         startup(res, runs)
@@ -653,6 +663,73 @@ fn stitch_build(
     Ok(())
 }
 
+/// The host side of committing a volatile interleave over 1 GiB: making its region store and
+/// filling it. Fresh devices move nothing (the cost must not depend on the size); populated ones
+/// move every byte (reported per GiB).
+fn region_store(
+    res: &mut Results,
+    name: &str,
+    ways: usize,
+    gran: u64,
+    runs: usize,
+    quick: bool,
+) -> anyhow::Result<()> {
+    use cxlvm_mapping::storage::{self, Layout, RegionStore};
+    use cxlvm_mapping::window::DeviceMemory;
+    let size = if quick { 256 * MIB } else { 1024 * MIB };
+    let share = size / ways as u64;
+    let devices = || -> anyhow::Result<Vec<DeviceMemory>> {
+        (0..ways)
+            .map(|i| {
+                Ok(DeviceMemory::new(
+                    Some(RamBacking::memfd(&format!("bench{i}"), share)?),
+                    None,
+                ))
+            })
+            .collect()
+    };
+    let order: Vec<usize> = (0..ways).collect();
+    let layout = Arc::new(
+        Layout::modulo(&order, gran, size, 0)
+            .ok_or_else(|| anyhow::anyhow!("{ways} ways at {gran} B is not a layout"))?,
+    );
+    let (mut fresh, mut moved) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(3) {
+        let mem = devices()?;
+        let t0 = Instant::now();
+        let store = RegionStore::new(0, 0, layout.clone())?;
+        let m = storage::adopt(&mem, &store)?;
+        fresh.push(t0.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(m.bytes == 0, "a fresh device moved {} bytes", m.bytes);
+        anyhow::ensure!(store.backing.mappings() == 1, "one host mapping");
+        // Populated: every page of every device written once, then moved.
+        let mem = devices()?;
+        let page = vec![0x5au8; 1 << 20];
+        for d in &mem {
+            let own = d.volatile.as_ref().expect("volatile");
+            for at in (0..share).step_by(page.len()) {
+                own.write(at, &page)?;
+            }
+        }
+        let t0 = Instant::now();
+        let store = RegionStore::new(0, 0, layout.clone())?;
+        let m = storage::adopt(&mem, &store)?;
+        let secs = t0.elapsed().as_secs_f64();
+        anyhow::ensure!(m.bytes == size, "moved {} of {size} bytes", m.bytes);
+        moved.push(secs * 1000.0 * (1024 * MIB) as f64 / size as f64);
+    }
+    let what = if quick { "256 MiB (quick)" } else { "1 GiB" };
+    res.region_store.insert(
+        format!("first commit, fresh {what} {name}"),
+        stat(fresh, "ms"),
+    );
+    res.region_store.insert(
+        format!("moving populated data, {name}, per GiB"),
+        stat(moved, "ms"),
+    );
+    Ok(())
+}
+
 fn startup(res: &mut Results, runs: usize) -> anyhow::Result<()> {
     let (mut first, mut rss) = (Vec::new(), Vec::new());
     for _ in 0..runs.max(3) {
@@ -796,6 +873,10 @@ fn print_table(r: &Results) {
         &r.remap_us,
     );
     section("Stitched interleave map build", &r.stitch_build_ms);
+    section(
+        "Region stores (volatile interleave, host side)",
+        &r.region_store,
+    );
     section("Start-up and footprint", &r.startup);
     println!("XSAVEC / AVX on the MMIO path");
     for (k, v) in &r.xsavec_avx {

@@ -145,6 +145,25 @@ impl Layout {
         })
     }
 
+    /// A modulo interleave over `len` bytes: position `i` of each period of `devices.len() ×
+    /// gran` bytes is device `devices[i]`, every device's share starting at DPA `dpa`; `None`
+    /// when that is not a layout (a device twice, `len` not whole periods of a device share).
+    pub fn modulo(devices: &[usize], gran: u64, len: u64, dpa: u64) -> Option<Self> {
+        let period = gran.checked_mul(devices.len() as u64)?;
+        let runs = devices
+            .iter()
+            .enumerate()
+            .map(|(i, &device)| LayoutRun {
+                off: i as u64 * gran,
+                len: gran,
+                device,
+                dpa,
+                stride: gran,
+            })
+            .collect();
+        Layout::new(period, len, runs)
+    }
+
     /// Bytes covered (the store's size).
     pub fn len(&self) -> u64 {
         self.len
@@ -278,7 +297,7 @@ impl std::ops::AddAssign for Moved {
     }
 }
 
-/// Copies `len` bytes between backings in chunks.
+/// Copies `len` bytes between backings.
 fn copy(
     src: &RamBacking,
     from: u64,
@@ -286,17 +305,7 @@ fn copy(
     to: u64,
     len: u64,
 ) -> Result<(), BackingError> {
-    const CHUNK: u64 = 64 << 10;
-    let mut buf = vec![0u8; CHUNK.min(len) as usize];
-    let mut done = 0;
-    while done < len {
-        let n = CHUNK.min(len - done);
-        let b = &mut buf[..n as usize];
-        src.read(from + done, b)?;
-        dst.write(to + done, b)?;
-        done += n;
-    }
-    Ok(())
+    src.copy_to(from, dst, to, len)
 }
 
 /// The region store already holding this set, if an earlier commit of the same geometry left it

@@ -6,30 +6,15 @@
 
 use std::sync::Arc;
 
-use cxlvm_mapping::storage::{self, Layout, LayoutRun, RegionStore};
+use cxlvm_mapping::storage::{self, Layout, RegionStore};
 use cxlvm_mapping::window::DeviceMemory;
 use cxlvm_memory::RamBacking;
 use proptest::prelude::*;
 
 const DEV_BYTES: u64 = 4 << 20;
 
-/// A modulo interleave of `ways` devices (`order` gives the device at each position) at `gran`
-/// over `len` bytes, each device's share starting at `dpa`.
 fn modulo(order: &[usize], gran: u64, len: u64, dpa: u64) -> Layout {
-    let ways = order.len() as u64;
-    let period = ways * gran;
-    let runs = order
-        .iter()
-        .enumerate()
-        .map(|(i, &device)| LayoutRun {
-            off: i as u64 * gran,
-            len: gran,
-            device,
-            dpa,
-            stride: gran,
-        })
-        .collect();
-    Layout::new(period, len, runs).expect("a modulo interleave is a layout")
+    Layout::modulo(order, gran, len, dpa).expect("a modulo interleave is a layout")
 }
 
 /// The independent formula: store offset of device `order[i]`'s DPA `dpa0 + x`.

@@ -477,6 +477,44 @@ impl RamBacking {
         }
     }
 
+    /// Copies `len` bytes at `offset` to `dst` at `dst_offset`: one copy between the two host
+    /// mappings (through a bounce buffer when either is stitched).
+    pub fn copy_to(
+        &self,
+        offset: u64,
+        dst: &RamBacking,
+        dst_offset: u64,
+        len: u64,
+    ) -> Result<(), BackingError> {
+        let n = usize::try_from(len).map_err(|_| self.oob(offset, usize::MAX))?;
+        let src_at = self.check(offset, n)?;
+        let dst_at = dst.check(dst_offset, n)?;
+        if let (Mapping::File { mmap: s, .. }, Mapping::File { mmap: d, .. }) =
+            (&self.mapping, &dst.mapping)
+        {
+            let from = s
+                .as_volatile_slice()
+                .subslice(src_at, n)
+                .map_err(|_| self.oob(offset, n))?;
+            let to = d
+                .as_volatile_slice()
+                .subslice(dst_at, n)
+                .map_err(|_| dst.oob(dst_offset, n))?;
+            from.copy_to_volatile_slice(to);
+            return Ok(());
+        }
+        let mut buf = vec![0u8; n.min(64 << 10)];
+        let mut done = 0;
+        while done < len {
+            let k = (len - done).min(buf.len() as u64);
+            let b = &mut buf[..k as usize];
+            self.read(offset + done, b)?;
+            dst.write(dst_offset + done, b)?;
+            done += k;
+        }
+        Ok(())
+    }
+
     /// The parts of `[offset, offset + len)` that may hold data, in order, as `(offset, len)`:
     /// the file's data extents (`SEEK_DATA`/`SEEK_HOLE`), page granular, so never-written and
     /// discarded pages are skipped. A stitched backing reports the whole range.

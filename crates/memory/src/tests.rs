@@ -1203,3 +1203,22 @@ fn data_ranges_find_written_pages_and_discard_gives_them_back() {
     assert_eq!(v[..3], [0, 0, 0]);
     assert!(b.data_ranges(b.size(), 1).is_err());
 }
+
+#[test]
+fn copy_to_moves_bytes_between_backings_and_checks_both_ranges() {
+    let a = RamBacking::memfd("a", 4 * PAGE_SIZE).unwrap();
+    let b = RamBacking::memfd("b", 4 * PAGE_SIZE).unwrap();
+    a.write(100, b"interleave").unwrap();
+    a.copy_to(100, &b, 3 * PAGE_SIZE + 7, 10).unwrap();
+    let mut v = [0u8; 10];
+    b.read(3 * PAGE_SIZE + 7, &mut v).unwrap();
+    assert_eq!(&v, b"interleave");
+    assert!(
+        a.copy_to(0, &b, 4 * PAGE_SIZE - 4, 8).is_err(),
+        "past the destination"
+    );
+    assert!(
+        a.copy_to(4 * PAGE_SIZE - 4, &b, 0, 8).is_err(),
+        "past the source"
+    );
+}

@@ -153,3 +153,96 @@ fn xor_interleave_at_every_granularity_runs_at_ram_speed_and_keeps_every_byte() 
         }
     }
 }
+
+/// What `vm.max_map_count` allows by default: stitching a granule per mapping could map neither
+/// region below (262 144 and 4 194 304 granules); region stores need one mapping each.
+const DEFAULT_MAX_MAP_COUNT: u64 = 65_530;
+
+#[test]
+fn a_gib_at_256_bytes_and_16_gib_at_4_kib_fit_the_default_mapping_limit() {
+    common::require_kvm();
+    let toml = r#"
+[[host_bridge]]
+id = "hb0"
+root_ports = 2
+[[host_bridge]]
+id = "hb1"
+root_ports = 4
+[[device]]
+id = "a0"
+host_bridge = "hb0"
+root_port = 0
+volatile = "512M"
+[[device]]
+id = "a1"
+host_bridge = "hb0"
+root_port = 1
+volatile = "512M"
+[[device]]
+id = "b0"
+host_bridge = "hb1"
+root_port = 0
+volatile = "4G"
+[[device]]
+id = "b1"
+host_bridge = "hb1"
+root_port = 1
+volatile = "4G"
+[[device]]
+id = "b2"
+host_bridge = "hb1"
+root_port = 2
+volatile = "4G"
+[[device]]
+id = "b3"
+host_bridge = "hb1"
+root_port = 3
+volatile = "4G"
+[[window]]
+id = "w0"
+size = "1G"
+targets = ["hb0"]
+[[window]]
+id = "w1"
+size = "16G"
+targets = ["hb1"]
+[[region]]
+id = "small"
+window = "w0"
+devices = ["a0", "a1"]
+size = "1G"
+granularity = 256
+[[region]]
+id = "large"
+window = "w1"
+devices = ["b0", "b1", "b2", "b3"]
+size = "16G"
+granularity = "4K"
+"#;
+    let (mut cfg, cap) = config(
+        "cxl",
+        "mode=firmware regions=2 lock=1 words=4096 stride=4104",
+    );
+    cfg.cxl = Some(Topology::from_toml(toml).unwrap());
+    cfg.memory = 128 << 20;
+    // The budget a default host leaves at most (the whole limit, nothing else mapped).
+    cfg.vma_budget = Some(DEFAULT_MAX_MAP_COUNT);
+    let (m, r, text) = boot(cfg, &cap);
+    assert_eq!(r.outcome, Outcome::Exit(0), "serial:\n{text}");
+    let state = m.memory_state();
+    for (w, len) in [(0usize, 1u64 << 30), (1, 16 << 30)] {
+        let ranges = &state.windows[w].ranges;
+        assert_eq!(ranges.len(), 1, "{state}");
+        assert_eq!(
+            ranges[0].mode,
+            RangeMode::Interleaved,
+            "window {w}: {state}"
+        );
+        assert_eq!(ranges[0].len, len, "{state}");
+        assert!(
+            ranges[0].mappings <= 4,
+            "window {w}: {} host mappings: {state}",
+            ranges[0].mappings
+        );
+    }
+}
