@@ -1,9 +1,9 @@
-//! `cargo run --release -p cxlvm-demo`: two CXL Type-3 expanders (sized so that the interleaved
-//! region fits the default `vm.max_map_count`) behind one host bridge and one
-//! fixed memory window. A test guest (at CPL3, playing Linux's CXL drivers) enumerates them,
-//! probes their mailboxes, commits an interleaved region, and measures bandwidth through the
-//! window against ordinary RAM — first with cxlvm's direct mapping, then on the exact MMIO path
-//! the way other VMMs serve CXL memory. The mapping switches are logged as they happen.
+//! `cargo run --release -p cxlvm-demo`: two 1 GiB CXL Type-3 expanders behind one host bridge
+//! and one fixed memory window. A test guest (at CPL3, playing Linux's CXL drivers) enumerates
+//! them, probes their mailboxes, commits a 2 GiB region interleaved at 256 B (the finest CXL
+//! granularity; one region store, one host mapping), and measures bandwidth through the window
+//! against ordinary RAM — first with cxlvm's direct mapping, then on the exact MMIO path the way
+//! other VMMs serve CXL memory. The mapping switches are logged as they happen.
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
@@ -20,17 +20,17 @@ root_ports = 2
 id = "mem0"
 host_bridge = "hb0"
 root_port = 0
-volatile = "256M"
+volatile = "1G"
 
 [[device]]
 id = "mem1"
 host_bridge = "hb0"
 root_port = 1
-volatile = "256M"
+volatile = "1G"
 
 [[window]]
 id = "cfmw0"
-size = "512M"
+size = "2G"
 targets = ["hb0"]
 "#;
 
@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stdout)
         .init();
     println!(
-        "cxlvm demo: 2 x 256 MiB CXL Type-3 expanders, one host bridge, one 512 MiB window\n{TOPOLOGY}"
+        "cxlvm demo: 2 x 1 GiB CXL Type-3 expanders, one host bridge, one 2 GiB window\n{TOPOLOGY}"
     );
 
     println!(
@@ -111,9 +111,9 @@ fn main() -> anyhow::Result<()> {
     show(&text, &["probe mem", "cel "]);
 
     println!(
-        "\n== 2. It commits a 2-way region interleaved at 16 KiB and compares bandwidth with RAM"
+        "\n== 2. It commits a 2-way region interleaved at 256 B and compares bandwidth with RAM"
     );
-    let (m, text) = boot("mode=bw mib=64 gran=16384")?;
+    let (m, text) = boot("mode=bw mib=64 gran=256")?;
     show(&text, &["region ", "bw exits"]);
     let bw = bandwidth(&text);
     println!(
@@ -145,10 +145,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    // Release the first machine (and its stitched mapping) before booting the next.
+    // Release the first machine (and its region store) before booting the next.
     drop(m);
     println!("\n== 3. The same region on the exact MMIO path (what a pure-MMIO window gives)");
-    let (_, text) = boot("mode=bw mib=64 gran=16384 direct=0 mmio_kib=64")?;
+    let (_, text) = boot("mode=bw mib=64 gran=256 direct=0 mmio_kib=64")?;
     let bw = bandwidth(&text);
     for (t, op, v) in bw.iter().filter(|(t, _, _)| t == "cxl") {
         let ram = bw
