@@ -9,7 +9,8 @@
 //! - `probe`: for every Type-3 device, the checks and mailbox commands of Linux's `cxl_pci`
 //!   probe (and a few more);
 //! - `region` (`window=`, `offset=`, `size=`, `gran=`, `devices=`, `precheck=1`, `verify=1`,
-//!   `words=`, `stride=`, `direct=1`, `expect_direct=`, `uncommit=1`, `reread=1`): creates an
+//!   `words=`, `stride=`, `direct=1`, `expect_direct=`, `uncommit=1`, `reread=1`, `hold=1`: spin
+//!   at the end until the host ends the run): creates an
 //!   interleaved region the way Linux commits one, optionally checks the data path (`direct`:
 //!   on the MMIO path and the direct mapping, with cxlvm's direct-mapping control, port 0x510,
 //!   and CXL window exit counter, port 0x514);

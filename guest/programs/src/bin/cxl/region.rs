@@ -163,6 +163,13 @@ pub fn run(boot: &BootInfo) -> Result<(), i32> {
     if reread {
         run_reread(&mem, words, stride)?;
     }
+    if flag("hold", false)? {
+        // For the host to end the run from outside (SIGKILL tests): spin without exiting.
+        println!("region holding");
+        loop {
+            core::hint::spin_loop();
+        }
+    }
     Ok(())
 }
 
