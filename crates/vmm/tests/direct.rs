@@ -209,6 +209,33 @@ fn over_the_vma_budget_the_range_stays_mmio_and_correct() {
     assert!(m.slots().covering(state.windows[0].base).is_none());
 }
 
+/// Issue 12's stress: two vCPUs stream into a 2-way 256 B region (a region store) while a third
+/// commits and uncommits another 2-way region whose granularity changes every iteration (its
+/// bytes move between region stores each time, and the last word must be found where the new
+/// geometry puts it), toggles direct mappings (the streamed region moves RAM → MMIO → RAM) and
+/// resets a device.
+#[test]
+fn two_streams_survive_changing_geometries_toggles_and_resets() {
+    let (_m, text) = run(
+        Topology::simple(4, 256 << 20, 4096, false),
+        "mode=stress ways=2 gran=256 regrid=1 iters=400 words=8192",
+        3,
+    );
+    assert!(text.contains("stress ok"), "{text}");
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(field("streamers="), 2, "{text}");
+    assert!(field("resets=") >= 4, "device resets: {text}");
+    assert!(field("toggles=") >= 40, "direct toggles: {text}");
+    // Every iteration but the first and those right after a reset found the previous word
+    // where the new geometry puts it.
+    assert!(field("moved-checks=") >= 390, "{text}");
+}
+
 #[test]
 fn streaming_while_another_range_commits_and_uncommits_loses_nothing() {
     let (_m, text) = run(
