@@ -693,7 +693,7 @@ fn region_store(
         Layout::modulo(&order, gran, size, 0)
             .ok_or_else(|| anyhow::anyhow!("{ways} ways at {gran} B is not a layout"))?,
     );
-    let (mut fresh, mut moved) = (Vec::new(), Vec::new());
+    let (mut fresh, mut moved, mut mappings) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs.max(3) {
         let mem = devices()?;
         let t0 = Instant::now();
@@ -701,7 +701,7 @@ fn region_store(
         let m = storage::adopt(&mem, &store)?;
         fresh.push(t0.elapsed().as_secs_f64() * 1000.0);
         anyhow::ensure!(m.bytes == 0, "a fresh device moved {} bytes", m.bytes);
-        anyhow::ensure!(store.backing.mappings() == 1, "one host mapping");
+        mappings.push(store.backing.mappings() as f64);
         // Populated: every page of every device written once, then moved.
         let mem = devices()?;
         let page = vec![0x5au8; 1 << 20];
@@ -726,6 +726,10 @@ fn region_store(
     res.region_store.insert(
         format!("moving populated data, {name}, per GiB"),
         stat(moved, "ms"),
+    );
+    res.region_store.insert(
+        format!("host mappings per region, {name}"),
+        stat(mappings, "mappings"),
     );
     Ok(())
 }

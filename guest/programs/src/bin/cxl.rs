@@ -19,9 +19,10 @@
 //!   enables and locks, and uses them with zero exits from the first access;
 //! - `fuzz` (`ops=`, `seed=`): random accesses to HDM decoders, mailboxes, configuration space
 //!   and windows; the VMM must survive;
-//! - `stress` (`window=`, `size=`, `words=`, `iters=`; vCPUs 0 and 1): vCPU 0 streams stores
-//!   into one region while vCPU 1 commits and uncommits another, toggles direct mappings and
-//!   resets a device;
+//! - `stress` (`window=`, `ways=`, `gran=`, `regrid=1`, `size=`, `words=`, `iters=`; vCPUs 0
+//!   and 1, and 2 when present): vCPU 0 (and 2) stream stores into one region while vCPU 1
+//!   commits and uncommits another (with `regrid=1` at a new granularity each time, checking
+//!   that its bytes followed), toggles direct mappings and resets a device;
 //! - `bw` (region arguments, `mib=`, `direct=0`, `mmio_kib=`): bandwidth of 8-byte and AVX
 //!   loads/stores and `rep movsb` on free RAM and on a committed region;
 //! - `remap` (region arguments, `cycles=`): latency of committing/uncommitting the decoder
