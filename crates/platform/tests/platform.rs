@@ -569,97 +569,142 @@ size = "1G"
 targets = ["hb0"]
 "#;
 
+/// The [`FOUR`] platform with its devices enabled, programmed through registers like Linux.
+struct Four {
+    p: CxlPlatform,
+    space: Arc<Mutex<AddressSpace>>,
+    comps: Vec<u64>,
+    hb: u64,
+}
+
+/// IG encoding of `gran` (256 B << ig) and IW encoding of `ways` (2 or 4).
+fn encodings(ways: u64, gran: u64) -> (u32, u32) {
+    (gran.trailing_zeros() - 8, ways.trailing_zeros())
+}
+
+impl Four {
+    fn new() -> Self {
+        let (p, space) = build(FOUR);
+        let comps: Vec<u64> = p
+            .endpoints
+            .iter()
+            .map(|ep| ep.bar_address(0).unwrap())
+            .collect();
+        let hb = p.host_bridges[0].chbcr + 0x1210;
+        let f = Four {
+            p,
+            space,
+            comps,
+            hb,
+        };
+        for (i, ep) in f.p.endpoints.iter().enumerate() {
+            f.wr(f.comps[i] + 0x1204, 2);
+            let ctl = ep.with_config(|c| c.find_dvsec(0x1e98, 0).unwrap()) + 0x0c;
+            ecam_write(&f.p, &f.space, 0x11 + i as u8, 0, ctl, &6u16.to_le_bytes());
+        }
+        f
+    }
+    fn base(&self) -> u64 {
+        self.p.windows[0].base
+    }
+    fn size(&self) -> u64 {
+        self.p.windows[0].size
+    }
+    fn wr(&self, addr: u64, v: u32) {
+        let view = self.space.lock().unwrap().view_handle();
+        view.load().write(addr, &v.to_le_bytes());
+    }
+    fn write64(&self, off: u64, v: u64) {
+        let view = self.space.lock().unwrap().view_handle();
+        view.load().write(self.base() + off, &v.to_le_bytes());
+    }
+    fn read64(&self, off: u64) -> u64 {
+        let view = self.space.lock().unwrap().view_handle();
+        let mut b = [0u8; 8];
+        view.load().read(self.base() + off, &mut b);
+        u64::from_le_bytes(b)
+    }
+    /// Commits the whole window as one region: `ways` (2: devices 0 and 1, 4: all) at `gran`,
+    /// endpoints first (each from DPA 0), then the host bridge over their root ports.
+    fn commit(&self, ways: u64, gran: u64) {
+        let (ig, iw) = encodings(ways, gran);
+        let size = ways * (256 << 20);
+        let program = |d: u64, targets: u32| {
+            self.wr(d + 4, (self.base() >> 32) as u32);
+            self.wr(d, self.base() as u32);
+            self.wr(d + 0xc, (size >> 32) as u32);
+            self.wr(d + 8, size as u32);
+            self.wr(d + 0x14, targets);
+            self.wr(d + 0x10, ig | iw << 4 | 1 << 9 | 1 << 12);
+        };
+        for c in &self.comps[..ways as usize] {
+            program(c + 0x1210, 0);
+        }
+        program(self.hb, 0x0302_0100);
+    }
+    /// Uncommits what [`Four::commit`] committed (host bridge first).
+    fn uncommit(&self, ways: u64, gran: u64) {
+        let (ig, iw) = encodings(ways, gran);
+        self.wr(self.hb + 0x10, ig | iw << 4 | 1 << 12);
+        for c in &self.comps[..ways as usize] {
+            self.wr(c + 0x1210 + 0x10, ig | iw << 4 | 1 << 12);
+        }
+    }
+}
+
+/// The independent formula for [`Four::commit`]: HPA offset → (device, DPA) and back.
+fn to_dpa(off: u64, ways: u64, gran: u64) -> (usize, u64) {
+    (
+        (off / gran % ways) as usize,
+        off / gran / ways * gran + off % gran,
+    )
+}
+
+fn to_off(dev: usize, dpa: u64, ways: u64, gran: u64) -> u64 {
+    (dpa / gran * ways + dev as u64) * gran + dpa % gran
+}
+
 #[test]
 fn bytes_follow_their_dpa_across_uncommit_and_a_different_geometry() {
     const MIB: u64 = 1 << 20;
-    let (p, space) = build(FOUR);
-    let view = space.lock().unwrap().view_handle();
-    let w = &p.windows[0];
-    let wr = |addr: u64, v: u32| view.load().write(addr, &v.to_le_bytes());
-    let write64 = |addr: u64, v: u64| view.load().write(addr, &v.to_le_bytes());
-    let read64 = |addr: u64| {
-        let mut b = [0u8; 8];
-        view.load().read(addr, &mut b);
-        u64::from_le_bytes(b)
-    };
-    let comps: Vec<u64> = p
-        .endpoints
-        .iter()
-        .map(|ep| ep.bar_address(0).unwrap())
-        .collect();
-    for (i, ep) in p.endpoints.iter().enumerate() {
-        wr(comps[i] + 0x1204, 2);
-        let ctl = ep.with_config(|c| c.find_dvsec(0x1e98, 0).unwrap()) + 0x0c;
-        ecam_write(&p, &space, 0x11 + i as u8, 0, ctl, &6u16.to_le_bytes());
-    }
-    let hb = p.host_bridges[0].chbcr + 0x1210;
-    // 4 ways (IW 2) at granularity `ig` (256 B << ig) over root ports 0..3, and each endpoint
-    // at the same geometry from DPA 0.
-    let commit = |ig: u32| {
-        let program = |d: u64, targets: u32| {
-            wr(d + 4, (w.base >> 32) as u32);
-            wr(d, w.base as u32);
-            wr(d + 0xc, (w.size >> 32) as u32);
-            wr(d + 8, w.size as u32);
-            wr(d + 0x14, targets);
-            wr(d + 0x10, ig | 2 << 4 | 1 << 9 | 1 << 12);
-        };
-        for c in &comps {
-            program(c + 0x1210, 0);
-        }
-        program(hb, 0x0302_0100);
-    };
-    let uncommit = |ig: u32| {
-        wr(hb + 0x10, ig | 2 << 4 | 1 << 12);
-        for c in &comps {
-            wr(c + 0x1210 + 0x10, ig | 2 << 4 | 1 << 12);
-        }
-    };
-    // The independent formula: HPA offset <-> (device, DPA) for 4 ways at `gran`.
-    let to_dpa = |off: u64, gran: u64| {
-        (
-            (off / gran % 4) as usize,
-            off / gran / 4 * gran + off % gran,
-        )
-    };
-    let to_off =
-        |dev: usize, dpa: u64, gran: u64| (dpa / gran * 4 + dev as u64) * gran + dpa % gran;
-
+    let f = Four::new();
+    let (p, space) = (&f.p, &f.space);
+    let (base, size) = (f.base(), f.size());
     // Geometry A: 4 ways at 256 B. Words written through the MMIO path (direct off), then
     // through the mapping.
-    let (ga, ia) = (256u64, 0u32);
-    commit(ia);
+    let ga = 256u64;
+    f.commit(4, ga);
     let mut model = std::collections::BTreeMap::new();
     p.overlays.set_direct(false);
-    assert!(ram_backing_at(&space, w.base).is_none(), "MMIO path");
+    assert!(ram_backing_at(space, base).is_none(), "MMIO path");
     for k in 0..2000u64 {
-        let off = (k * 0x9e37_79b9) % (w.size - 8) / 8 * 8;
-        write64(w.base + off, 0x1000_0000_0000 | k);
-        model.insert(to_dpa(off, ga), 0x1000_0000_0000 | k);
+        let off = (k * 0x9e37_79b9) % (size - 8) / 8 * 8;
+        f.write64(off, 0x1000_0000_0000 | k);
+        model.insert(to_dpa(off, 4, ga), 0x1000_0000_0000 | k);
     }
     p.overlays.set_direct(true);
-    let store = ram_backing_at(&space, w.base).expect("a 256 B interleave is mapped");
+    let store = ram_backing_at(space, base).expect("a 256 B interleave is mapped");
     assert_eq!(
         (store.mappings(), store.size()),
-        (1, w.size),
+        (1, size),
         "one region store"
     );
     for (&(dev, dpa), &v) in &model {
         assert_eq!(
-            read64(w.base + to_off(dev, dpa, ga)),
+            f.read64(to_off(dev, dpa, 4, ga)),
             v,
             "MMIO-written word on RAM"
         );
     }
     for k in 0..2000u64 {
-        let off = (k * 0x5851_f42d + 8 * 1234) % (w.size - 8) / 8 * 8;
-        write64(w.base + off, 0x2000_0000_0000 | k);
-        model.insert(to_dpa(off, ga), 0x2000_0000_0000 | k);
+        let off = (k * 0x5851_f42d + 8 * 1234) % (size - 8) / 8 * 8;
+        f.write64(off, 0x2000_0000_0000 | k);
+        model.insert(to_dpa(off, 4, ga), 0x2000_0000_0000 | k);
     }
     // Uncommit: nothing decodes, the bytes stay where the storage map says.
-    uncommit(ia);
+    f.uncommit(4, ga);
     assert!(
-        ram_backing_at(&space, w.base).is_none(),
+        ram_backing_at(space, base).is_none(),
         "unmapped after uncommit"
     );
     for (&(dev, dpa), &v) in &model {
@@ -673,14 +718,14 @@ fn bytes_follow_their_dpa_across_uncommit_and_a_different_geometry() {
     }
     // Geometry B: 4 ways at 4 KiB over the same DPA: each word is now at another HPA, on the
     // mapping and on the MMIO path.
-    let (gb, ib) = (4096u64, 4u32);
-    commit(ib);
-    let again = ram_backing_at(&space, w.base).expect("a 4 KiB interleave is mapped");
+    let gb = 4096u64;
+    f.commit(4, gb);
+    let again = ram_backing_at(space, base).expect("a 4 KiB interleave is mapped");
     assert!(!Arc::ptr_eq(&store, &again), "a new geometry, a new store");
     assert_eq!(again.mappings(), 1);
     for (&(dev, dpa), &v) in &model {
         assert_eq!(
-            read64(w.base + to_off(dev, dpa, gb)),
+            f.read64(to_off(dev, dpa, 4, gb)),
             v,
             "mem{dev} {dpa:#x} on RAM"
         );
@@ -688,7 +733,7 @@ fn bytes_follow_their_dpa_across_uncommit_and_a_different_geometry() {
     p.overlays.set_direct(false);
     for (&(dev, dpa), &v) in &model {
         assert_eq!(
-            read64(w.base + to_off(dev, dpa, gb)),
+            f.read64(to_off(dev, dpa, 4, gb)),
             v,
             "mem{dev} {dpa:#x} on MMIO"
         );
@@ -699,5 +744,86 @@ fn bytes_follow_their_dpa_across_uncommit_and_a_different_geometry() {
         let own = m.volatile.as_ref().unwrap();
         assert_eq!(own.data_ranges(0, 256 * MIB).unwrap(), vec![]);
     }
-    uncommit(ib);
+    f.uncommit(4, gb);
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Commit `ways` (2 or 4) at `gran`, unless a region is committed.
+    Commit(u64, u64),
+    /// Uncommit the committed region.
+    Uncommit,
+    /// Direct mappings on or off (RAM or MMIO path for the committed region).
+    Direct(bool),
+    /// Write a word at this fraction of the committed region (through whichever path serves it).
+    Write(u64, u64),
+    /// Read back every word of the model through the committed region.
+    Check,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        2 => (prop::sample::select(vec![2u64, 4]), prop::sample::select(vec![256u64, 1024, 4096, 16384]))
+            .prop_map(|(w, g)| Step::Commit(w, g)),
+        1 => Just(Step::Uncommit),
+        1 => any::<bool>().prop_map(Step::Direct),
+        6 => (any::<u64>(), any::<u64>()).prop_map(|(o, v)| Step::Write(o, v)),
+        2 => Just(Step::Check),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    /// Random geometries committed and uncommitted through the registers, random writes through
+    /// the path that serves the region at the time (RAM or MMIO), against a naive model of each
+    /// device's bytes: every word is always where the current decoders put it.
+    #[test]
+    fn random_geometries_and_writes_match_a_model_of_every_device(
+        steps in proptest::collection::vec(step(), 1..40)
+    ) {
+        let f = Four::new();
+        // (device, DPA) -> value.
+        let mut model: std::collections::BTreeMap<(usize, u64), u64> = Default::default();
+        let mut committed: Option<(u64, u64)> = None;
+        for s in steps {
+            match s {
+                Step::Commit(w, g) => {
+                    if committed.is_none() {
+                        f.commit(w, g);
+                        committed = Some((w, g));
+                    }
+                }
+                Step::Uncommit => {
+                    if let Some((w, g)) = committed.take() {
+                        f.uncommit(w, g);
+                    }
+                }
+                Step::Direct(on) => f.p.overlays.set_direct(on),
+                Step::Write(o, v) => {
+                    if let Some((w, g)) = committed {
+                        let off = o % (w * (256 << 20) - 8) / 8 * 8;
+                        f.write64(off, v);
+                        model.insert(to_dpa(off, w, g), v);
+                    }
+                }
+                Step::Check => {
+                    for (&(dev, dpa), &v) in &model {
+                        match committed {
+                            Some((w, g)) if (dev as u64) < w => {
+                                let got = f.read64(to_off(dev, dpa, w, g));
+                                proptest::prop_assert_eq!(got, v, "mem{} DPA {:#x}", dev, dpa);
+                            }
+                            _ => {
+                                let mut b = [0u8; 8];
+                                proptest::prop_assert!(f.p.memories[dev].read(dpa, &mut b));
+                                proptest::prop_assert_eq!(u64::from_le_bytes(b), v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
