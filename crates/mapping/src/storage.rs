@@ -92,7 +92,7 @@ impl Layout {
             if r.off != at || r.len == 0 {
                 return None;
             }
-            at += r.len;
+            at = at.checked_add(r.len)?;
         }
         if at != period.min(len) {
             return None;
