@@ -360,7 +360,8 @@ impl Rig {
                 g.route(x)
             );
         };
-        let Some((b, o)) = self.p.memories[device].locate(dpa, 1) else {
+        // Where the byte lives now (the device's backing, or a region store): the storage map.
+        let Some((b, o)) = self.p.memories[device].home(dpa) else {
             panic!("HPA {x:#x} routes to device {device} DPA {dpa:#x}, outside its backing");
         };
         let FlatTarget::Ram {
@@ -375,8 +376,8 @@ impl Rig {
         let bo = offset + off;
         if !backing.is_stitched() {
             assert!(
-                Arc::ptr_eq(backing, b) && bo == o,
-                "HPA {x:#x}: linear overlay maps {}+{bo:#x}, route() says device {device} DPA \
+                Arc::ptr_eq(backing, &b) && bo == o,
+                "HPA {x:#x}: the overlay maps {}+{bo:#x}, route() says device {device} DPA \
                  {dpa:#x} = {}+{o:#x}",
                 backing.name(),
                 b.name()
@@ -535,7 +536,7 @@ impl Rig {
             match t {
                 Target::Device { device, dpa } => {
                     assert!(
-                        self.p.memories[device].locate(dpa, 1).is_some(),
+                        self.p.memories[device].home(dpa).is_some(),
                         "HPA {x:#x} routes to device {device} DPA {dpa:#x}, outside its backing"
                     );
                     let Some(plan) = plan else {

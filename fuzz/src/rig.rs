@@ -406,7 +406,7 @@ impl Rig {
                     Some(&v) => v,
                     None => {
                         let (b, o) = self.p.memories[device]
-                            .locate(dpa, 1)
+                            .home(dpa)
                             .expect("routed DPA has a backing");
                         let mut v = [0u8];
                         b.read(o, &mut v).unwrap();
@@ -428,7 +428,7 @@ impl Rig {
     /// The device backings still hold every byte the model recorded.
     pub fn check_model(&self) {
         for (&(device, dpa), &v) in &self.model {
-            let (b, o) = self.p.memories[device].locate(dpa, 1).unwrap();
+            let (b, o) = self.p.memories[device].home(dpa).unwrap();
             let mut now = [0u8];
             b.read(o, &mut now).unwrap();
             assert_eq!(

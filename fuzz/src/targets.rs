@@ -272,7 +272,7 @@ granularity = {g1}
                 return None;
             };
             let (b, o) = rig.p.memories[device]
-                .locate(dpa, 1)
+                .home(dpa)
                 .unwrap_or_else(|| panic!("HPA routes outside device {device}'s backing: {t:?}"));
             let mut v = [0u8];
             b.read(o, &mut v).unwrap();

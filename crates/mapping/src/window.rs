@@ -86,6 +86,19 @@ impl DeviceMemory {
         (off.checked_add(len)? <= b.size()).then_some((b, off))
     }
 
+    /// Where the byte at `dpa` is stored now: the device's own backing or a region store's, and
+    /// the offset in it (`None` outside the device).
+    pub fn home(&self, dpa: u64) -> Option<(Arc<RamBacking>, u64)> {
+        let mut out = None;
+        self.with_homes(dpa, 1, |home, _, _| {
+            out = Some(match home {
+                Home::Own(b, off) => (b.clone(), off),
+                Home::Region(store, off) => (store.backing.clone(), off),
+            });
+        });
+        out
+    }
+
     /// Calls `f(home, at, n)` for each contiguous stretch of `[dpa, dpa + len)` in DPA order,
     /// under the storage lock; false (after the stretches that exist) when part of the range is
     /// outside the device.
