@@ -334,7 +334,9 @@ granularity = {g1}
 // ---------------------------------------------------------------------------------------------
 
 /// Opcodes worth choosing (implemented ones, neighbours, and the rest by value).
-const OPCODES: [u16; 18] = [
+/// The implemented commands (the first 15; Get/Set LSA need a label area, Get Security State
+/// persistent capacity), then unknown ones.
+const OPCODES: [u16; 19] = [
     opcode::GET_EVENT_RECORDS,
     opcode::CLEAR_EVENT_RECORDS,
     opcode::GET_EVENT_INTERRUPT_POLICY,
@@ -349,6 +351,7 @@ const OPCODES: [u16; 18] = [
     opcode::GET_LSA,
     opcode::SET_LSA,
     opcode::GET_HEALTH_INFO,
+    opcode::GET_SECURITY_STATE,
     0x0104,
     0x4101,
     0x4300,
@@ -394,6 +397,7 @@ fn fixed_output(op: u16) -> Option<usize> {
         opcode::IDENTIFY_MEMORY_DEVICE => 0x45,
         opcode::GET_PARTITION_INFO => 0x20,
         opcode::GET_HEALTH_INFO => 0x12,
+        opcode::GET_SECURITY_STATE => 4,
         opcode::CLEAR_EVENT_RECORDS | opcode::SET_EVENT_INTERRUPT_POLICY => 0,
         opcode::SET_TIMESTAMP | opcode::SET_LSA => 0,
         _ => return None,
@@ -518,8 +522,9 @@ pub fn mailbox(data: &[u8]) {
                     "payload beyond the output ({out_len} bytes) changed"
                 );
                 let out = &after[..out_len];
-                let known = OPCODES[..14].contains(&op)
-                    && (has_lsa || !matches!(op, opcode::GET_LSA | opcode::SET_LSA));
+                let known = OPCODES[..15].contains(&op)
+                    && (has_lsa || !matches!(op, opcode::GET_LSA | opcode::SET_LSA))
+                    && (persistent > 0 || op != opcode::GET_SECURITY_STATE);
                 if len > PAYLOAD_SIZE as u64 {
                     assert_eq!(rc, ReturnCode::InvalidPayloadLength.code(), "length {len}");
                     continue;
@@ -571,6 +576,9 @@ pub fn mailbox(data: &[u8]) {
                         assert_eq!(q(0x20), persistent / CAPACITY_UNIT);
                         assert_eq!(q(0x10), q(0x18) + q(0x20));
                         assert_eq!(le32(out, 0x38), if has_lsa { LSA_SIZE as u32 } else { 0 });
+                    }
+                    opcode::GET_SECURITY_STATE => {
+                        assert_eq!(out, [0; 4], "no passphrase, unlocked, not frozen")
                     }
                     _ => {}
                 }
