@@ -107,24 +107,7 @@ valid_dir() {
 }
 
 # Prints the directory of the kernel to use from the cache (pinned, else the newest valid one).
-cached() {
-    local d v best='' bestv=''
-    if [[ -n $pin ]]; then
-        valid_dir "$kdir/test-$pin-$hash" && echo "$kdir/test-$pin-$hash"
-        return
-    fi
-    for d in "$kdir"/test-*-"$hash"/; do
-        d=${d%/}
-        [[ -d $d ]] || continue
-        v=$(field version "$d/VERSION")
-        [[ -n $v ]] || continue
-        if [[ -z $bestv ]] || dpkg --compare-versions "$v" gt "$bestv"; then
-            valid_dir "$d" || continue
-            best=$d bestv=$v
-        fi
-    done
-    [[ -n $best ]] && echo "$best"
-}
+cached() { newest_cached test "-$hash"; }
 
 finish() {
     local d=$1 t
@@ -210,18 +193,7 @@ out=$kdir/test-$ver-$hash
 if valid_dir "$out"; then
     finish "$out"
 fi
-suite=$(apt-cache "${apt_opts[@]}" policy "$pkg" 2>>"$log" |
-    awk -v v="$ver" '$1 == v || ($1 == "***" && $2 == v) { getline; print $3; exit }')
-read -r url _ deb_size deb_hash < <(apt-get "${apt_opts[@]}" --print-uris download "$pkg=$ver" 2>>"$log") ||
-    die "apt cannot locate $pkg=$ver (see $log)"
-url=${url//\'/}
-
-progress "downloading $pkg $ver from ${suite:-?} ($((deb_size / 1000000)) MB)"
-(cd "$work" && apt-get "${apt_opts[@]}" download "$pkg=$ver") >>"$log" 2>&1 ||
-    die "cannot download $pkg $ver from $mirror (see $log)"
-debs=("$work"/*.deb)
-deb=${debs[0]}
-[[ -f $deb ]] || die "apt-get download of $pkg $ver left no .deb (see $log)"
+debian_download "$pkg" "$ver"
 
 progress "extracting the source"
 t=$(date +%s.%N)

@@ -11,6 +11,10 @@
 #   pvh_entry FILE        prints the PVH entry (Xen note type 18) of a vmlinux as 0x%08x
 #   debian_apt_setup DIR  private apt configuration under DIR (bookworm-security and
 #                         bookworm-backports of $mirror); sets the array apt_opts
+#   newest_cached PFX [SFX]  prints $kdir/PFX-<version>SFX for $pin, or else the newest such
+#                         directory the caller's valid_dir accepts; status 1 when there is none
+#   debian_download P V   downloads P=V's .deb into $work; sets suite, url, deb_size,
+#                         deb_hash, deb
 
 die() {
     echo "$me: $*" >&2
@@ -103,4 +107,47 @@ EOF
         -o "Acquire::http::Timeout=30"
         -o "Acquire::Languages=none"
     )
+}
+
+# debian_download PKG VER: downloads the .deb of PKG=VER into $work with the apt options of
+# debian_apt_setup. Sets suite (where apt found it), url, deb_size, deb_hash (SHA256:...) and
+# deb (the file's path).
+# Uses $log, $work and $mirror.
+debian_download() {
+    local pkg=$1 ver=$2 debs
+    # `apt-cache policy` lists each version, prefixed by *** when installed, then its suites.
+    suite=$(apt-cache "${apt_opts[@]}" policy "$pkg" 2>>"$log" |
+        awk -v v="$ver" '$1 == v || ($1 == "***" && $2 == v) { getline; print $3; exit }')
+    read -r url _ deb_size deb_hash < <(apt-get "${apt_opts[@]}" --print-uris download "$pkg=$ver" 2>>"$log") ||
+        die "apt cannot locate $pkg=$ver (see $log)"
+    url=${url//\'/}
+    progress "downloading $pkg $ver from ${suite:-?} ($((deb_size / 1000000)) MB)"
+    (cd "$work" && apt-get "${apt_opts[@]}" download "$pkg=$ver") >>"$log" 2>&1 ||
+        die "cannot download $pkg $ver from $mirror (see $log)"
+    debs=("$work"/*.deb)
+    deb=${debs[0]}
+    [[ -f $deb ]] || die "apt-get download of $pkg $ver left no .deb (see $log)"
+}
+
+# newest_cached PREFIX [SUFFIX]: the cached build to use. With $pin set, $kdir/PREFIX-$pinSUFFIX
+# if the caller's valid_dir accepts it; otherwise the highest Debian version among the
+# directories $kdir/PREFIX-<version>SUFFIX that valid_dir accepts. Prints nothing and returns 1
+# when there is none.
+newest_cached() {
+    local prefix=$1 suffix=${2-} d v best='' bestv=''
+    if [[ -n $pin ]]; then
+        valid_dir "$kdir/$prefix-$pin$suffix" && echo "$kdir/$prefix-$pin$suffix"
+        return
+    fi
+    for d in "$kdir/$prefix"-*"$suffix"/; do
+        d=${d%/}
+        [[ -d $d ]] || continue
+        v=$(field version "$d/VERSION")
+        [[ -n $v ]] || continue
+        if [[ -z $bestv ]] || dpkg --compare-versions "$v" gt "$bestv"; then
+            valid_dir "$d" || continue
+            best=$d bestv=$v
+        fi
+    done
+    [[ -n $best ]] && echo "$best"
 }

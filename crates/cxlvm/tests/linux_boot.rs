@@ -8,8 +8,7 @@
 //! alternatives self-test, bringing up the second CPU and the memory allocator — with cxlvm's
 //! own count showing INT3 completions. The test then stops cxlvm itself.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,27 +52,6 @@ size = "2G"
 targets = ["hb0", "hb1"]
 granularity = "4K"
 "#;
-
-/// Runs the project's script and returns the vmlinux path it prints.
-fn debian_vmlinux() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(root.join("scripts/debian-kernel.sh"))
-        .env("CXLVM_KERNEL_DIR", root.join("target/linux"))
-        .output()
-        .expect("bash runs scripts/debian-kernel.sh");
-    assert!(
-        out.status.success(),
-        "scripts/debian-kernel.sh failed (it needs Debian's archive): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .expect("the script prints the vmlinux path")
-        .to_owned();
-    PathBuf::from(path)
-}
 
 /// The log lines the kernel must print, in no particular order.
 const EXPECTED: &[&str] = &[
@@ -127,7 +105,9 @@ fn debian_kernel_early_boot_sees_the_platform_cxlvm_describes() {
         Path::new("/dev/kvm").exists(),
         "this test boots Linux and needs /dev/kvm, which is missing"
     );
-    let vmlinux = debian_vmlinux();
+    let vmlinux = common::kernel_script("debian-kernel.sh")
+        .pop()
+        .expect("the script prints the vmlinux path");
     let dir = std::env::temp_dir().join(format!("cxlvm-linux-boot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let topo = dir.join("topology.toml");
@@ -164,12 +144,7 @@ fn debian_kernel_early_boot_sees_the_platform_cxlvm_describes() {
         std::thread::sleep(Duration::from_secs(2));
         let _ = child.kill();
     }
-    let _ = child.wait();
-    let log = std::fs::read_to_string(&serial).unwrap_or_default();
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
+    let (log, err) = common::finish(&mut child, &serial);
     for l in EXPECTED {
         assert!(
             log.contains(l),

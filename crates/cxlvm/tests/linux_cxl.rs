@@ -16,7 +16,7 @@
 //! the last awaited line appears; the two boots run in parallel.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -213,22 +213,11 @@ fn cxl_errors(log: &str) -> Vec<&str> {
         .collect()
 }
 
+/// The test kernel and its initramfs (`scripts/test-kernel.sh` prints their paths last).
 fn test_kernel() -> (PathBuf, PathBuf) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new("bash")
-        .arg(root.join("scripts/test-kernel.sh"))
-        .env("CXLVM_KERNEL_DIR", root.join("target/linux"))
-        .output()
-        .expect("bash runs scripts/test-kernel.sh");
-    assert!(
-        out.status.success(),
-        "scripts/test-kernel.sh failed (it needs Debian's archive): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut last = text.lines().rev();
-    let initrd = PathBuf::from(last.next().expect("initramfs path"));
-    let vmlinux = PathBuf::from(last.next().expect("vmlinux path"));
+    let mut paths = common::kernel_script("test-kernel.sh");
+    let initrd = paths.pop().expect("initramfs path");
+    let vmlinux = paths.pop().expect("vmlinux path");
     (vmlinux, initrd)
 }
 
@@ -310,12 +299,7 @@ fn run(boot: &Boot) -> String {
     if ended.is_none() {
         let _ = child.kill();
     }
-    let _ = child.wait();
-    let log = std::fs::read_to_string(&serial).unwrap_or_default();
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
+    let (log, err) = common::finish(&mut child, &serial);
     if let Some(status) = ended {
         panic!("cxlvm ended by itself ({status:?}) before Linux got that far: {err}\n{log}");
     }

@@ -437,15 +437,9 @@ struct Pattern {
     runs: Vec<Run>,
 }
 
-#[derive(Clone, Copy)]
-struct Run {
-    off: u64,
-    len: u64,
-    device: usize,
-    dpa: u64,
-    /// DPA advance of this device per period (0 when the interval is one period or less).
-    stride: u64,
-}
+/// A run of one period: `len` bytes at `off` are device `device`'s DPA `dpa` (plus `stride`, its
+/// DPA advance per period, 0 when the interval is one period or less, per period after it).
+type Run = LayoutRun;
 
 /// Byte counts for reasons: "256 B", "4 KiB", "3 MiB".
 struct Bytes(u64);
@@ -943,19 +937,7 @@ fn stored_layout(graph: &DecodeGraph, s: u64, len: u64, p: u64, runs: &[Run]) ->
     if !s.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
         return None;
     }
-    let layout = Layout::new(
-        p,
-        len,
-        runs.iter()
-            .map(|r| LayoutRun {
-                off: r.off,
-                len: r.len,
-                device: r.device,
-                dpa: r.dpa,
-                stride: r.stride,
-            })
-            .collect(),
-    )?;
+    let layout = Layout::new(p, len, runs.to_vec())?;
     let volatile = layout.extents().all(|(d, dpa, n)| {
         graph
             .devices

@@ -297,17 +297,6 @@ impl std::ops::AddAssign for Moved {
     }
 }
 
-/// Copies `len` bytes between backings.
-fn copy(
-    src: &RamBacking,
-    from: u64,
-    dst: &RamBacking,
-    to: u64,
-    len: u64,
-) -> Result<(), BackingError> {
-    src.copy_to(from, dst, to, len)
-}
-
 /// The region store already holding this set, if an earlier commit of the same geometry left it
 /// (uncommitting leaves data where it is).
 pub fn find_store(
@@ -359,7 +348,7 @@ pub fn adopt(memories: &[DeviceMemory], store: &Arc<RegionStore>) -> Result<Move
                     .at_dpa(device, at + done)
                     .ok_or(StorageError::NoVolatileStore { device, dpa, len })?;
                 let c = s.len.min(n - done);
-                copy(&home, at + done, &store.backing, s.offset, c)?;
+                home.copy_to(at + done, &store.backing, s.offset, c)?;
                 done += c;
             }
             moved.bytes += n;
@@ -421,7 +410,7 @@ fn evict_locked(
                 let Some(s) = layout.at_offset(at) else { break };
                 let c = s.len.min(off + n - at);
                 if s.device == device && s.dpa >= start && s.dpa < start + p.len {
-                    copy(&p.store.backing, at, home, s.dpa, c)?;
+                    p.store.backing.copy_to(at, home, s.dpa, c)?;
                     moved.bytes += c;
                 }
                 at += c;

@@ -76,7 +76,9 @@ impl DeviceMemory {
 
     /// Own backing and offset holding DPA `dpa` (with at least `len` bytes left in it), ignoring
     /// placements: where the bytes are when nothing was moved (persistent capacity always).
-    pub fn locate(&self, dpa: u64, len: u64) -> Option<(&Arc<RamBacking>, u64)> {
+    /// Private: readers go through [`DeviceMemory::home`] / `read` / `write`, which honour the
+    /// storage map.
+    fn locate(&self, dpa: u64, len: u64) -> Option<(&Arc<RamBacking>, u64)> {
         let v = self.volatile_bytes();
         let (b, off) = if dpa < v {
             (self.volatile.as_ref()?, dpa)

@@ -463,32 +463,11 @@ fn ram_backing_at(
 
 #[test]
 fn recommitting_an_interleaved_region_reuses_its_region_store() {
-    let (p, space) = build(TWO);
-    let view = space.lock().unwrap().view_handle();
-    let w = &p.windows[0];
-    let wr = |addr: u64, v: u32| {
-        view.load().write(addr, &v.to_le_bytes());
-    };
-    let program = |d: u64, targets: u32| {
-        wr(d + 4, (w.base >> 32) as u32);
-        wr(d, w.base as u32);
-        wr(d + 0xc, (w.size >> 32) as u32);
-        wr(d + 8, w.size as u32);
-        wr(d + 0x14, targets);
-        // IG 16 KiB (6), IW 2 (1), Commit, host-only.
-        wr(d + 0x10, 6 | 1 << 4 | 1 << 9 | 1 << 12);
-    };
-    for (i, ep) in p.endpoints.iter().enumerate() {
-        let comp = ep.bar_address(0).unwrap();
-        wr(comp + 0x1204, 2);
-        let ctl = ep.with_config(|c| c.find_dvsec(0x1e98, 0).unwrap()) + 0x0c;
-        ecam_write(&p, &space, 0x11 + i as u8, 0, ctl, &6u16.to_le_bytes());
-        program(comp + 0x1210, 0);
-    }
-    let hb = p.host_bridges[0].chbcr + 0x1210;
+    let r = Rig::new(TWO);
+    let base = r.base();
     // The HB decoder interleaves its 2 root ports at 16 KiB (the window itself is 1-way).
-    program(hb, 0x0100);
-    let first = ram_backing_at(&space, w.base).expect("interleaved region mapped");
+    r.commit(2, 16384);
+    let first = ram_backing_at(&r.space, base).expect("interleaved region mapped");
     assert!(
         !first.is_stitched(),
         "volatile interleave: one region store"
@@ -496,21 +475,21 @@ fn recommitting_an_interleaved_region_reuses_its_region_store() {
     assert_eq!(first.mappings(), 1);
     // Written through the mapping (the second 16 KiB granule: device 1, DPA 0), found through
     // the device's storage map after uncommit (no decoder routes the HPA any more).
-    wr(w.base + 0x4000, 0xfeed_f00d);
-    wr(hb + 0x10, 6 | 1 << 4 | 1 << 12); // uncommit
+    r.wr(base + 0x4000, 0xfeed_f00d);
+    r.host_bridge(2, 16384, false); // uncommit
     assert!(
-        ram_backing_at(&space, w.base).is_none(),
+        ram_backing_at(&r.space, base).is_none(),
         "unmapped after uncommit"
     );
     let mut v = [0u8; 4];
-    assert!(p.memories[1].read(0, &mut v));
+    assert!(r.p.memories[1].read(0, &mut v));
     assert_eq!(
         u32::from_le_bytes(v),
         0xfeed_f00d,
         "device 1's DPA 0 is in the region store"
     );
-    wr(hb + 0x10, 6 | 1 << 4 | 1 << 9 | 1 << 12); // recommit, same programming
-    let again = ram_backing_at(&space, w.base).expect("mapped again");
+    r.host_bridge(2, 16384, true); // recommit, same programming
+    let again = ram_backing_at(&r.space, base).expect("mapped again");
     assert!(
         Arc::ptr_eq(&first, &again),
         "the region store was reused: nothing moved, nothing rebuilt"
@@ -569,8 +548,9 @@ size = "1G"
 targets = ["hb0"]
 "#;
 
-/// The [`FOUR`] platform with its devices enabled, programmed through registers like Linux.
-struct Four {
+/// A built platform with its devices enabled (HDM Decoder Enable, Mem_Enable), programmed
+/// through registers like Linux: regions over the whole of window 0, on one host bridge.
+struct Rig {
     p: CxlPlatform,
     space: Arc<Mutex<AddressSpace>>,
     comps: Vec<u64>,
@@ -582,27 +562,27 @@ fn encodings(ways: u64, gran: u64) -> (u32, u32) {
     (gran.trailing_zeros() - 8, ways.trailing_zeros())
 }
 
-impl Four {
-    fn new() -> Self {
-        let (p, space) = build(FOUR);
+impl Rig {
+    fn new(topo: &str) -> Self {
+        let (p, space) = build(topo);
         let comps: Vec<u64> = p
             .endpoints
             .iter()
             .map(|ep| ep.bar_address(0).unwrap())
             .collect();
         let hb = p.host_bridges[0].chbcr + 0x1210;
-        let f = Four {
+        let r = Rig {
             p,
             space,
             comps,
             hb,
         };
-        for (i, ep) in f.p.endpoints.iter().enumerate() {
-            f.wr(f.comps[i] + 0x1204, 2);
+        for (i, ep) in r.p.endpoints.iter().enumerate() {
+            r.wr(r.comps[i] + 0x1204, 2);
             let ctl = ep.with_config(|c| c.find_dvsec(0x1e98, 0).unwrap()) + 0x0c;
-            ecam_write(&f.p, &f.space, 0x11 + i as u8, 0, ctl, &6u16.to_le_bytes());
+            ecam_write(&r.p, &r.space, 0x11 + i as u8, 0, ctl, &6u16.to_le_bytes());
         }
-        f
+        r
     }
     fn base(&self) -> u64 {
         self.p.windows[0].base
@@ -624,35 +604,40 @@ impl Four {
         view.load().read(self.base() + off, &mut b);
         u64::from_le_bytes(b)
     }
-    /// Commits the whole window as one region: `ways` (2: devices 0 and 1, 4: all) at `gran`,
-    /// endpoints first (each from DPA 0), then the host bridge over their root ports.
-    fn commit(&self, ways: u64, gran: u64) {
+    /// Programs decoder registers `d` for a region of `ways` devices at `gran` from the window
+    /// base, with target list (or DPA skip) `targets`, committed or not.
+    fn program(&self, d: u64, ways: u64, gran: u64, targets: u32, commit: bool) {
         let (ig, iw) = encodings(ways, gran);
         let size = ways * (256 << 20);
-        let program = |d: u64, targets: u32| {
-            self.wr(d + 4, (self.base() >> 32) as u32);
-            self.wr(d, self.base() as u32);
-            self.wr(d + 0xc, (size >> 32) as u32);
-            self.wr(d + 8, size as u32);
-            self.wr(d + 0x14, targets);
-            self.wr(d + 0x10, ig | iw << 4 | 1 << 9 | 1 << 12);
-        };
-        for c in &self.comps[..ways as usize] {
-            program(c + 0x1210, 0);
-        }
-        program(self.hb, 0x0302_0100);
+        self.wr(d + 4, (self.base() >> 32) as u32);
+        self.wr(d, self.base() as u32);
+        self.wr(d + 0xc, (size >> 32) as u32);
+        self.wr(d + 8, size as u32);
+        self.wr(d + 0x14, targets);
+        self.wr(d + 0x10, ig | iw << 4 | u32::from(commit) << 9 | 1 << 12);
     }
-    /// Uncommits what [`Four::commit`] committed (host bridge first).
-    fn uncommit(&self, ways: u64, gran: u64) {
-        let (ig, iw) = encodings(ways, gran);
-        self.wr(self.hb + 0x10, ig | iw << 4 | 1 << 12);
+    /// Commits or uncommits the host bridge's decoder over root ports 0.. (`ways` of them).
+    fn host_bridge(&self, ways: u64, gran: u64, commit: bool) {
+        self.program(self.hb, ways, gran, 0x0302_0100, commit);
+    }
+    /// Commits a region of the first `ways` devices (2 or 4) at `gran`: endpoints first (each
+    /// from DPA 0), then the host bridge.
+    fn commit(&self, ways: u64, gran: u64) {
         for c in &self.comps[..ways as usize] {
-            self.wr(c + 0x1210 + 0x10, ig | iw << 4 | 1 << 12);
+            self.program(c + 0x1210, ways, gran, 0, true);
+        }
+        self.host_bridge(ways, gran, true);
+    }
+    /// Uncommits what [`Rig::commit`] committed (host bridge first).
+    fn uncommit(&self, ways: u64, gran: u64) {
+        self.host_bridge(ways, gran, false);
+        for c in &self.comps[..ways as usize] {
+            self.program(c + 0x1210, ways, gran, 0, false);
         }
     }
 }
 
-/// The independent formula for [`Four::commit`]: HPA offset → (device, DPA) and back.
+/// The independent formula for [`Rig::commit`]: HPA offset → (device, DPA) and back.
 fn to_dpa(off: u64, ways: u64, gran: u64) -> (usize, u64) {
     (
         (off / gran % ways) as usize,
@@ -667,7 +652,7 @@ fn to_off(dev: usize, dpa: u64, ways: u64, gran: u64) -> u64 {
 #[test]
 fn bytes_follow_their_dpa_across_uncommit_and_a_different_geometry() {
     const MIB: u64 = 1 << 20;
-    let f = Four::new();
+    let f = Rig::new(FOUR);
     let (p, space) = (&f.p, &f.space);
     let (base, size) = (f.base(), f.size());
     // Geometry A: 4 ways at 256 B. Words written through the MMIO path (direct off), then
@@ -783,7 +768,7 @@ proptest::proptest! {
     fn random_geometries_and_writes_match_a_model_of_every_device(
         steps in proptest::collection::vec(step(), 1..40)
     ) {
-        let f = Four::new();
+        let f = Rig::new(FOUR);
         // (device, DPA) -> value.
         let mut model: std::collections::BTreeMap<(usize, u64), u64> = Default::default();
         let mut committed: Option<(u64, u64)> = None;

@@ -80,3 +80,36 @@ pub fn wait_for_log_lines(
     }
     (None, false)
 }
+
+/// Runs `scripts/<script>` (a kernel build or download, cached in target/linux) and returns the
+/// lines it prints on stdout: the paths it made, last.
+pub fn kernel_script(script: &str) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("bash")
+        .arg(root.join("scripts").join(script))
+        .env("CXLVM_KERNEL_DIR", root.join("target/linux"))
+        .output()
+        .unwrap_or_else(|e| panic!("bash cannot run scripts/{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{script} failed (it needs Debian's archive): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Waits for `child` (stopped or ended) and returns the kernel log it wrote to `serial` and
+/// what it said on its piped stderr.
+pub fn finish(child: &mut Child, serial: &Path) -> (String, String) {
+    use std::io::Read;
+    let _ = child.wait();
+    let log = std::fs::read_to_string(serial).unwrap_or_default();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (log, err)
+}
